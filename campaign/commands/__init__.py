@@ -1,0 +1,1 @@
+"""One module per stage's commands; each exposes ``register(app: typer.Typer) -> None``."""

@@ -1,0 +1,1 @@
+"""Fit: per-tile internal-learning cloud removal (network, losses, schedule, metrics, evaluation)."""

@@ -1,0 +1,104 @@
+"""Convert real Sentinel data from ``../shared/data/real`` into small tile stores for tests and the demo.
+
+Deterministic: rerunning it rewrites the same stores. Run from the repository root::
+
+    python tests/data/make_data.py [--shared ../shared/data/real]
+
+Outputs (committed, see SOURCE.txt):
+- ``worldcereal_31ues.zarr``: WorldCereal site 0000280849BAC91C in S2 tile 31UES (Belgium), EPSG:32631,
+  64×64 px at 10 m, 72 S2 L2A dates (2018-08..2019-11), 10 bands, S1 GRD ascending VV/VH in dB paired
+  to each S2 date (nearest within ±6 days), masks from SCL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from tiler.store import MaskClass, make_tile, write_tile
+
+HERE = Path(__file__).resolve().parent
+WORLDCEREAL = "worldcereal_be31UES_2018-2019"
+SITE = "0000280849BAC91C_32631_2018-08-01_2019-11-30"
+#: The 10 bands WorldCereal ships (no 60 m bands B01, B09 and no B10 in L2A), in the tile's band order.
+WORLDCEREAL_BANDS = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12")
+#: WorldCereal stores S1 backscatter as int32 dB × 1e4 (netCDF scale_factor 0.0001), 0 = no data.
+S1_DB_SCALE = 1e-4
+#: S1 ascending passes over the site every 6 days (S1A+S1B in 2018-19): ±6 days finds one for every date.
+S1_PAIRING_WINDOW = np.timedelta64(6, "D")
+#: Scene classification classes (Sentinel-2 L2A product spec, REFERENCE.md "Cloud masks").
+SCL_NODATA = (0, 1)
+SCL_SHADOW = (3,)
+SCL_CLOUD = (8, 9, 10)
+
+
+def scl_to_mask(scl: np.ndarray) -> np.ndarray:
+    mask = np.full(scl.shape, MaskClass.CLEAR, dtype=np.uint8)
+    mask[np.isin(scl, SCL_SHADOW)] = MaskClass.SHADOW
+    mask[np.isin(scl, SCL_CLOUD)] = MaskClass.CLOUD
+    mask[np.isin(scl, SCL_NODATA)] = MaskClass.NODATA
+    return mask
+
+
+def upsample2(a: np.ndarray) -> np.ndarray:
+    """20 m -> 10 m by pixel replication: each 20 m pixel covers exactly 2×2 pixels of the 10 m grid."""
+    return np.repeat(np.repeat(a, 2, axis=-2), 2, axis=-1)
+
+
+def worldcereal_tile(src: Path) -> xr.Dataset:
+    open_ = lambda kind: xr.open_dataset(src / f"{kind}_{SITE}.nc", mask_and_scale=False)  # noqa: E731
+    s2_10, s2_20, s1 = open_("S2_L2A_10m"), open_("S2_L2A_20m"), open_("S1_GRD-ASCENDING_20m")
+    times = s2_10["timestamp"].values
+    assert np.array_equal(times, s2_20["timestamp"].values)
+    bands = [
+        s2_10[b].values if b in s2_10 else upsample2(s2_20[b].values) for b in WORLDCEREAL_BANDS
+    ]
+    s2 = np.stack(bands, axis=1).astype(np.uint16)
+    scl = upsample2(s2_20["SCL"].values)
+    mask = scl_to_mask(scl)
+    mask[(s2 == 0).all(axis=1)] = MaskClass.NODATA
+
+    s1_times = s1["timestamp"].values
+    vv = s1["VV"].values.astype(np.float64)
+    vh = s1["VH"].values.astype(np.float64)
+    s1_db = np.stack([vv, vh], axis=1)
+    s1_db = np.where(s1_db == 0, np.nan, s1_db * S1_DB_SCALE).astype(np.float32)
+    paired = np.full((times.size, 2, 64, 64), np.nan, dtype=np.float32)
+    paired_time = np.full(times.size, np.datetime64("NaT"), dtype="datetime64[ns]")
+    for i, t in enumerate(times):
+        gaps = np.abs(s1_times - t)
+        j = int(np.argmin(gaps))
+        if gaps[j] <= S1_PAIRING_WINDOW:
+            paired[i] = upsample2(s1_db[j])
+            paired_time[i] = s1_times[j]
+    return make_tile(
+        s2=s2,
+        s1=paired,
+        mask=mask,
+        time=times,
+        s1_time=paired_time,
+        bands=WORLDCEREAL_BANDS,
+        x=s2_10["x"].values,
+        y=s2_10["y"].values,
+        epsg=int(s2_10.attrs["epsg"]),
+        tile_id="worldcereal_31UES_0000280849BAC91C",
+        attrs={"source": "WorldCereal test resources, see tests/data/SOURCE.txt"},
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--shared", type=Path, default=HERE.parents[2] / "shared" / "data" / "real")
+    args = parser.parse_args()
+    out = HERE / "worldcereal_31ues.zarr"
+    shutil.rmtree(out, ignore_errors=True)
+    write_tile(worldcereal_tile(args.shared / WORLDCEREAL), str(out))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The tile grid, the tile store (the one contract between stages) and the mosaicker."""

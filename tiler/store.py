@@ -1,0 +1,371 @@
+"""The tile store: one Zarr v3 group per tile, the one contract between the stages.
+
+The schema is DESIGN.md's "tile store" table. A store written by declouder carries the attribute
+``declouder_status``: ``"writing"`` from the moment its metadata exists until the last chunk is
+written, then ``"complete"``. Readers refuse ``"writing"`` stores, so an interrupted writer never leaves
+something that looks finished (this works on object stores too, which have no atomic rename). A store
+built by hand with xarray has no such attribute and is taken as complete once it validates: anyone can
+build a tile with plain xarray and fit it.
+
+Georeferencing follows CF / GeoZarr: a ``spatial_ref`` coordinate with ``crs_wkt`` and
+``GeoTransform`` written by rioxarray, so ``xarray.open_zarr(url).rio.crs`` works.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any, Literal
+
+import fsspec
+import numpy as np
+import rioxarray  # noqa: F401  (registers the .rio accessor)
+import xarray as xr
+import zarr
+
+from tiler.errors import OutputExistsError, TileIncompleteError, TileSchemaError, TileStoreError
+
+#: Version of the tile schema written into every store; bump on incompatible changes.
+SCHEMA_VERSION = "1"
+
+S2 = "s2"
+S1 = "s1"
+MASK = "mask"
+S1_TIME = "s1_time"
+DECLOUDED = "s2_declouded"
+
+#: S2 surface reflectance is stored as uint16 reflectance × 10000 (DESIGN.md), 0 = no data.
+S2_SCALE = 10_000
+S2_NODATA = 0
+#: The two polarisations of Sentinel-1 IW dual-pol products, in the order the schema stores them.
+POLARIZATIONS: tuple[str, ...] = ("VV", "VH")
+
+STATUS_ATTR = "declouder_status"
+STATUS_WRITING = "writing"
+STATUS_COMPLETE = "complete"
+
+
+class MaskClass(IntEnum):
+    """Values of the ``mask`` variable (DESIGN.md)."""
+
+    CLEAR = 0
+    CLOUD = 1
+    SHADOW = 2
+    NODATA = 3
+
+
+#: variable -> (dims, dtype) of the schema. ``s2_declouded`` appears only in fitted stores.
+SCHEMA: dict[str, tuple[tuple[str, ...], np.dtype]] = {
+    S2: (("time", "band", "y", "x"), np.dtype("uint16")),
+    S1: (("time", "polarization", "y", "x"), np.dtype("float32")),
+    MASK: (("time", "y", "x"), np.dtype("uint8")),
+    S1_TIME: (("time",), np.dtype("datetime64[ns]")),
+    DECLOUDED: (("time", "band", "y", "x"), np.dtype("uint16")),
+}
+INPUT_VARIABLES: tuple[str, ...] = (S2, S1, MASK, S1_TIME)
+
+
+@dataclass(frozen=True)
+class TileInfo:
+    """What a valid tile holds, as read from its store (cheap: metadata only)."""
+
+    tile_id: str
+    epsg: int
+    n_time: int
+    bands: tuple[str, ...]
+    height: int
+    width: int
+    resolution: float
+    has_declouded: bool
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.height, self.width)
+
+
+def _software_version() -> str:
+    from campaign import __version__
+
+    return __version__
+
+
+def make_tile(
+    *,
+    s2: np.ndarray,
+    mask: np.ndarray,
+    time: Sequence[Any] | np.ndarray,
+    bands: Sequence[str],
+    x: np.ndarray,
+    y: np.ndarray,
+    epsg: int,
+    tile_id: str,
+    s1: np.ndarray | None = None,
+    s1_time: Sequence[Any] | np.ndarray | None = None,
+    item_ids: Sequence[str] | None = None,
+    attrs: Mapping[str, Any] | None = None,
+) -> xr.Dataset:
+    """Build an in-memory tile in the schema from plain arrays, and validate it.
+
+    ``s1`` defaults to all-NaN (no radar: the fit can still run with noise input) and ``s1_time`` to NaT.
+    """
+    time_values = np.asarray(time, dtype="datetime64[ns]")
+    n_time = time_values.size
+    height, width = len(y), len(x)
+    if s1 is None:
+        s1 = np.full((n_time, len(POLARIZATIONS), height, width), np.nan, dtype=np.float32)
+    s1_time_values = (
+        np.full(n_time, np.datetime64("NaT"), dtype="datetime64[ns]")
+        if s1_time is None
+        else np.asarray(s1_time, dtype="datetime64[ns]")
+    )
+    tile_attrs: dict[str, Any] = {
+        "tile_id": tile_id,
+        "epsg": int(epsg),
+        "schema_version": SCHEMA_VERSION,
+        "software_version": _software_version(),
+    }
+    if item_ids is not None:
+        tile_attrs["s2_item_ids"] = json.dumps(list(item_ids))
+    tile_attrs.update(attrs or {})
+    ds = xr.Dataset(
+        {
+            S2: (SCHEMA[S2][0], np.asarray(s2)),
+            S1: (SCHEMA[S1][0], np.asarray(s1)),
+            MASK: (SCHEMA[MASK][0], np.asarray(mask)),
+            S1_TIME: (SCHEMA[S1_TIME][0], s1_time_values),
+        },
+        coords={
+            "time": time_values,
+            "band": list(bands),
+            "polarization": list(POLARIZATIONS),
+            "y": np.asarray(y, dtype=np.float64),
+            "x": np.asarray(x, dtype=np.float64),
+        },
+        attrs=tile_attrs,
+    )
+    ds[S2].attrs.update(units="1", scale_factor_note=f"reflectance x {S2_SCALE}", nodata=S2_NODATA)
+    ds[S1].attrs.update(units="dB")
+    ds[MASK].attrs.update(
+        flag_values=[int(m) for m in MaskClass],
+        flag_meanings=" ".join(m.name.lower() for m in MaskClass),
+    )
+    ds = georeference(ds, epsg)
+    validate_tile(ds, name=tile_id)
+    return ds
+
+
+def georeference(ds: xr.Dataset, epsg: int) -> xr.Dataset:
+    """Attach the CF ``spatial_ref`` (CRS and GeoTransform) so rioxarray and GDAL read the grid."""
+    ds = ds.rio.write_crs(f"EPSG:{int(epsg)}")
+    ds = ds.rio.write_transform(ds.rio.transform(recalc=True))
+    return ds.rio.write_coordinate_system()
+
+
+def validate_tile(
+    ds: xr.Dataset,
+    *,
+    name: str = "tile",
+    require: Sequence[str] = INPUT_VARIABLES,
+) -> TileInfo:
+    """Check a tile against the schema; raise :class:`TileSchemaError` naming what is wrong."""
+
+    def fail(what: str) -> TileSchemaError:
+        return TileSchemaError(f"tile {name!r}: {what} (tile schema: DESIGN.md, 'The tile store')")
+
+    for var in require:
+        if var not in ds:
+            raise fail(f"variable {var!r} is missing; present: {sorted(map(str, ds.data_vars))}")
+    for var, (dims, dtype) in SCHEMA.items():
+        if var not in ds:
+            continue
+        if tuple(ds[var].dims) != dims:
+            raise fail(f"variable {var!r} has dims {tuple(ds[var].dims)}, expected {dims}")
+        actual = ds[var].dtype
+        if var == S1_TIME:
+            if not np.issubdtype(actual, np.datetime64):
+                raise fail(f"variable {var!r} has dtype {actual}, expected datetime64")
+        elif actual != dtype:
+            raise fail(f"variable {var!r} has dtype {actual}, expected {dtype}")
+    for coord in ("time", "y", "x"):
+        if coord not in ds.coords:
+            raise fail(f"coordinate {coord!r} is missing")
+    if ds.sizes.get("time", 0) == 0:
+        raise fail("it has no dates (time has size 0)")
+    if not np.issubdtype(ds["time"].dtype, np.datetime64):
+        raise fail(f"coordinate 'time' has dtype {ds['time'].dtype}, expected datetime64")
+    if not bool(np.all(np.diff(ds["time"].values.astype("datetime64[ns]").astype(np.int64)) > 0)):
+        raise fail("dates in 'time' are not strictly increasing (duplicates must be mosaicked first)")
+    if S2 in ds and "band" not in ds.coords:
+        raise fail("coordinate 'band' (S2 band names) is missing")
+    if S1 in ds:
+        if "polarization" not in ds.coords:
+            raise fail("coordinate 'polarization' is missing")
+        pols = tuple(str(p) for p in ds["polarization"].values)
+        if pols != POLARIZATIONS:
+            raise fail(f"'polarization' is {pols}, expected {POLARIZATIONS}")
+    if ds.sizes.get("y", 0) == 0 or ds.sizes.get("x", 0) == 0:
+        raise fail(f"empty spatial extent (y={ds.sizes.get('y', 0)}, x={ds.sizes.get('x', 0)})")
+    if DECLOUDED in ds and S2 in ds and ds.sizes["band"] != ds[S2].sizes["band"]:
+        raise fail("'s2_declouded' and 's2' disagree on bands")
+    epsg = _epsg_of(ds)
+    if epsg is None:
+        raise fail("no CRS: add a 'spatial_ref' coordinate (rioxarray .rio.write_crs) or an 'epsg' attribute")
+    bands = tuple(str(b) for b in ds["band"].values) if "band" in ds.coords else ()
+    xs = ds["x"].values
+    resolution = float(abs(xs[1] - xs[0])) if xs.size > 1 else float("nan")
+    return TileInfo(
+        tile_id=str(ds.attrs.get("tile_id", name)),
+        epsg=epsg,
+        n_time=int(ds.sizes["time"]),
+        bands=bands,
+        height=int(ds.sizes["y"]),
+        width=int(ds.sizes["x"]),
+        resolution=resolution,
+        has_declouded=DECLOUDED in ds,
+    )
+
+
+def _epsg_of(ds: xr.Dataset) -> int | None:
+    if "epsg" in ds.attrs:
+        return int(ds.attrs["epsg"])
+    crs = ds.rio.crs
+    return None if crs is None else crs.to_epsg()
+
+
+def _fs(url: str, storage_options: Mapping[str, Any] | None) -> tuple[fsspec.AbstractFileSystem, str]:
+    fs, path = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
+    return fs, path
+
+
+def tile_status(
+    url: str, storage_options: Mapping[str, Any] | None = None
+) -> Literal["missing", "writing", "complete", "external"]:
+    """Where the store at ``url`` stands: absent, being written, finished, or built outside declouder."""
+    fs, path = _fs(url, storage_options)
+    meta = f"{path.rstrip('/')}/zarr.json"
+    if not fs.exists(meta):
+        return "missing"
+    with fs.open(meta, "rb") as f:
+        attrs = json.load(f).get("attributes", {})
+    status = attrs.get(STATUS_ATTR)
+    if status is None:
+        return "external"
+    return "complete" if status == STATUS_COMPLETE else "writing"
+
+
+#: Blosc-zstd with bit shuffle: reflectance (uint16) and dB (float32) planes compress ~2× better than with
+#: zarr's default zstd, since neighbouring values share their high bits.
+COMPRESSOR = zarr.codecs.BloscCodec(cname="zstd", clevel=5, shuffle=zarr.codecs.BloscShuffle.bitshuffle)
+
+
+def _encoding(ds: xr.Dataset) -> dict[str, dict[str, Any]]:
+    """One chunk per date (a whole date's image), so readers of a date or a window read few objects."""
+    enc: dict[str, dict[str, Any]] = {}
+    for var in ds.data_vars:
+        dims = ds[var].dims
+        chunks = tuple(1 if d == "time" else ds.sizes[d] for d in dims)
+        enc[str(var)] = {"chunks": chunks, "compressors": (COMPRESSOR,)}
+        if var in (S2, DECLOUDED):
+            enc[str(var)]["fill_value"] = S2_NODATA
+    return enc
+
+
+def write_tile(
+    ds: xr.Dataset,
+    url: str,
+    *,
+    overwrite: bool = False,
+    storage_options: Mapping[str, Any] | None = None,
+    name: str | None = None,
+) -> str:
+    """Write a tile to ``url`` so that it is marked complete only once every chunk is written.
+
+    Refuses an existing store unless ``overwrite``. On overwrite, the old store is first marked
+    ``writing`` (so a crash part-way can never leave the old ``complete`` flag on new, partial data).
+    """
+    name = name or str(ds.attrs.get("tile_id", url))
+    validate_tile(ds, name=name, require=[v for v in INPUT_VARIABLES if v in ds] or [S2])
+    status = tile_status(url, storage_options)
+    if status != "missing" and not overwrite:
+        raise OutputExistsError(
+            f"tile {name!r}: output {url!r} already exists ({status}); pass overwrite=True "
+            "(CLI: --overwrite) to replace it"
+        )
+    if status != "missing":
+        _set_status(url, STATUS_WRITING, storage_options)
+    out = ds.copy()
+    out.attrs[STATUS_ATTR] = STATUS_WRITING
+    out.attrs.setdefault("schema_version", SCHEMA_VERSION)
+    out.attrs.setdefault("software_version", _software_version())
+    for var in out.variables.values():
+        var.encoding = {}
+    # Variable-length UTF-8 strings: the one string type the Zarr v3 spec defines (numpy's fixed-width
+    # '<U3' has none, and other Zarr readers may not read it).
+    out = out.assign_coords(
+        {c: out[c].astype(object) for c in ("band", "polarization") if c in out.coords}
+    )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*Consolidated metadata.*")
+        warnings.filterwarnings("ignore", message=".*vlen-utf8.*")
+        out.to_zarr(
+            url,
+            mode="w",
+            zarr_format=3,
+            consolidated=True,
+            encoding=_encoding(out),
+            storage_options=dict(storage_options) if storage_options else None,
+        )
+    _set_status(url, STATUS_COMPLETE, storage_options)
+    return url
+
+
+def _set_status(url: str, status: str, storage_options: Mapping[str, Any] | None) -> None:
+    store = zarr_store(url, storage_options)
+    group = zarr.open_group(store, mode="r+")
+    group.attrs[STATUS_ATTR] = status
+    # Consolidated metadata lets plain `xarray.open_zarr(url)` open the store in one read, without warning.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*Consolidated metadata.*")
+        zarr.consolidate_metadata(store)
+
+
+def zarr_store(url: str, storage_options: Mapping[str, Any] | None = None) -> zarr.abc.store.Store:
+    """A Zarr store for a local path or any fsspec URL (s3://, gs://, az://, memory://)."""
+    if "://" not in url or url.startswith("file://"):
+        return zarr.storage.LocalStore(url.removeprefix("file://"))
+    return zarr.storage.FsspecStore.from_url(url, storage_options=dict(storage_options or {}))
+
+
+def open_tile(
+    url: str,
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+    require: Sequence[str] = INPUT_VARIABLES,
+    name: str | None = None,
+) -> xr.Dataset:
+    """Open and validate a tile store (lazily: dask-backed). Refuses stores whose writer never finished."""
+    name = name or url
+    status = tile_status(url, storage_options)
+    if status == "missing":
+        raise TileStoreError(
+            f"tile {name!r}: no tile store at {url!r} (expected a Zarr v3 group with a zarr.json); "
+            "run `declouder ingest` to create it or check the path"
+        )
+    if status == "writing":
+        raise TileIncompleteError(
+            f"tile {name!r}: the store at {url!r} is incomplete (its writer did not finish); "
+            "rerun the step that writes it (ingest, fit, or the campaign, which resumes)"
+        )
+    try:
+        ds = xr.open_zarr(
+            url,
+            zarr_format=3,
+            storage_options=dict(storage_options) if storage_options else None,
+        )
+    except (OSError, ValueError, KeyError) as err:
+        raise TileStoreError(f"tile {name!r}: cannot open {url!r} as a Zarr store: {err}") from err
+    validate_tile(ds, name=name, require=require)
+    return ds
