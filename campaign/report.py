@@ -1,0 +1,204 @@
+"""The campaign report: what was done, what failed and why, and what it cost, from the ledger alone.
+
+Everything here is computed from ledger records (plus the runs' GPU time held), so the report of a
+campaign resumed five times counts each tile once and each GPU-second once.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+
+from pydantic import BaseModel, ConfigDict
+
+from campaign.ledger import RunRecord, Stage, TileRecord, TileState
+
+#: Seconds per hour, for GPU-hours.
+HOUR_S = 3600.0
+DONE_STATES = frozenset({TileState.FITTED, TileState.MOSAICKED})
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class FailedTile(_Frozen):
+    tile_id: str
+    stage: Stage | None
+    error: str | None
+    attempts: int
+    permanent: bool
+
+
+class GpuUse(_Frozen):
+    """Fits one GPU ran, and the most that ever ran on it at the same time (from the fits' own clocks)."""
+
+    node_id: str
+    gpu_id: str
+    fits: int
+    max_concurrent: int
+
+
+class CampaignReport(_Frozen):
+    name: str
+    output: str
+    fingerprint: str
+    run_id: str
+    started: float
+    ended: float
+    interrupted: bool
+    tiles_planned: int
+    tiles_done: int
+    tiles_failed: int
+    tiles_pending: int
+    #: Tiles found already done at the start of this run (a resume skipped them).
+    tiles_skipped: int
+    km2_planned: float
+    km2_done: float
+    fit_attempts: int
+    #: Fit attempts whose worker died (actor killed, OOM, node lost) and whose tile was requeued.
+    worker_deaths: int
+    fit_seconds: float
+    gpu_seconds_fits: float
+    gpu_seconds_held: float
+    fits_per_gpu: int
+    gpus: tuple[GpuUse, ...]
+    failed: tuple[FailedTile, ...]
+    mosaics: tuple[str, ...] = ()
+
+    @property
+    def wall_seconds(self) -> float:
+        return self.ended - self.started
+
+    @property
+    def km2_per_gpu_hour(self) -> float | None:
+        """Area delivered per GPU-hour the campaign's fit actors held (what a cluster bills)."""
+        if self.gpu_seconds_held <= 0:
+            return None
+        return self.km2_done / (self.gpu_seconds_held / HOUR_S)
+
+    @property
+    def max_concurrent_per_gpu(self) -> int:
+        return max((g.max_concurrent for g in self.gpus), default=0)
+
+    @property
+    def exit_code(self) -> int:
+        """0 when every planned tile is done; 1 when any failed or was left undone."""
+        return 0 if self.tiles_failed == 0 and self.tiles_pending == 0 and not self.interrupted else 1
+
+
+def max_overlap(intervals: Iterable[tuple[float, float]]) -> int:
+    """Most intervals open at one instant (an interval ending when another starts does not overlap it)."""
+    events = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
+    most = current = 0
+    for _, step in events:  # ends (-1) sort before starts (+1) at equal times
+        current += step
+        most = max(most, current)
+    return most
+
+
+def gpu_use(records: Iterable[TileRecord]) -> tuple[GpuUse, ...]:
+    """Per GPU (node, id): how many fits ran on it and the most at once."""
+    spans: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
+    for record in records:
+        for attempt in record.attempts:
+            if attempt.stage != Stage.FIT:
+                continue
+            for gpu in attempt.gpu_ids:
+                spans[(attempt.node_id or "?", gpu)].append((attempt.started, attempt.ended))
+    return tuple(
+        GpuUse(node_id=node, gpu_id=gpu, fits=len(s), max_concurrent=max_overlap(s))
+        for (node, gpu), s in sorted(spans.items())
+    )
+
+
+def build_report(
+    *,
+    name: str,
+    output: str,
+    fingerprint: str,
+    run_id: str,
+    started: float,
+    ended: float,
+    interrupted: bool,
+    planned: Sequence[tuple[str, float]],
+    records: Iterable[TileRecord],
+    runs: Iterable[RunRecord],
+    skipped: int,
+    fits_per_gpu: int,
+    mosaics: Sequence[str] = (),
+) -> CampaignReport:
+    """Assemble the report; ``planned`` is (tile id, km²) of every tile of the plan."""
+    by_id = {r.tile_id: r for r in records}
+    km2 = dict(planned)
+    in_plan = [by_id[t] for t in km2 if t in by_id]
+    done = [r for r in in_plan if r.state in DONE_STATES]
+    failed = [r for r in in_plan if r.state == TileState.FAILED]
+    fit_attempts = [a for r in in_plan for a in r.attempts if a.stage == Stage.FIT]
+    return CampaignReport(
+        name=name,
+        output=output,
+        fingerprint=fingerprint,
+        run_id=run_id,
+        started=started,
+        ended=ended,
+        interrupted=interrupted,
+        tiles_planned=len(km2),
+        tiles_done=len(done),
+        tiles_failed=len(failed),
+        tiles_pending=len(km2) - len(done) - len(failed),
+        tiles_skipped=skipped,
+        km2_planned=sum(km2.values()),
+        km2_done=sum(km2[r.tile_id] for r in done),
+        fit_attempts=len(fit_attempts),
+        worker_deaths=sum(1 for a in fit_attempts if a.outcome == "worker_died"),
+        fit_seconds=sum(a.seconds for a in fit_attempts),
+        gpu_seconds_fits=sum(a.seconds * a.gpu_share for a in fit_attempts),
+        gpu_seconds_held=sum(run.gpu_seconds_held for run in runs),
+        fits_per_gpu=fits_per_gpu,
+        gpus=gpu_use(in_plan),
+        failed=tuple(
+            FailedTile(
+                tile_id=r.tile_id,
+                stage=r.failed_stage,
+                error=r.error,
+                attempts=r.attempts_at(r.failed_stage) if r.failed_stage else 0,
+                permanent=r.permanent,
+            )
+            for r in sorted(failed, key=lambda r: r.tile_id)
+        ),
+        mosaics=tuple(mosaics),
+    )
+
+
+def _duration(seconds: float) -> str:
+    hours, rest = divmod(round(seconds), 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
+
+
+def summary_lines(report: CampaignReport) -> list[str]:
+    """The human summary printed at the end of a run."""
+    rate = report.km2_per_gpu_hour
+    lines = [
+        f"campaign {report.name!r} -> {report.output}" + ("  (interrupted)" if report.interrupted else ""),
+        f"tiles: {report.tiles_done}/{report.tiles_planned} done, {report.tiles_failed} failed, "
+        f"{report.tiles_pending} pending ({report.tiles_skipped} already done before this run)",
+        f"area: {report.km2_done:,.1f} of {report.km2_planned:,.1f} km²",
+        f"wall time (this run): {_duration(report.wall_seconds)}; fit time (all runs): "
+        f"{_duration(report.fit_seconds)} over {report.fit_attempts} fit attempts "
+        f"({report.worker_deaths} lost to dead workers)",
+        f"GPU time: {report.gpu_seconds_held / HOUR_S:.3f} GPU-h held by fit actors, "
+        f"{report.gpu_seconds_fits / HOUR_S:.3f} GPU-h in fits"
+        + (f"; {rate:,.1f} km² per GPU-hour" if rate is not None else "; no GPUs used (CPU fits)"),
+    ]
+    if report.gpus:
+        lines.append(
+            f"GPU pinning: at most {report.max_concurrent_per_gpu} fits at once per GPU "
+            f"(allowed {report.fits_per_gpu}) over {len(report.gpus)} GPUs"
+        )
+    lines.extend(f"mosaic: {url}" for url in report.mosaics)
+    for tile in report.failed:
+        kind = "bad input" if tile.permanent else f"after {tile.attempts} attempts"
+        lines.append(f"FAILED {tile.tile_id} at {tile.stage} ({kind}): {tile.error}")
+    return lines
