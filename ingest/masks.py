@@ -1,0 +1,150 @@
+"""Cloud, shadow and no-data masks: from SCL where the catalogue has it, else a spectral fallback test.
+
+All functions take the tile's arrays (``s2``: time, band, y, x uint16 reflectance × 10000 with the BOA
+offset removed, 0 = no data) and return ``mask`` values of :class:`tiler.store.MaskClass`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from tiler.store import S2_SCALE, MaskClass
+
+# Scene classification (SCL) classes of Sentinel-2 L2A (product specification; REFERENCE.md "Cloud masks").
+SCL_NO_DATA = 0
+SCL_DEFECTIVE = 1
+SCL_CLOUD_SHADOW = 3
+SCL_CLOUD_MEDIUM = 8
+SCL_CLOUD_HIGH = 9
+SCL_THIN_CIRRUS = 10
+SCL_SNOW = 11
+SCL_TO_MASK: dict[int, MaskClass] = {
+    SCL_NO_DATA: MaskClass.NODATA,
+    SCL_DEFECTIVE: MaskClass.NODATA,
+    SCL_CLOUD_SHADOW: MaskClass.SHADOW,
+    SCL_CLOUD_MEDIUM: MaskClass.CLOUD,
+    SCL_CLOUD_HIGH: MaskClass.CLOUD,
+    SCL_THIN_CIRRUS: MaskClass.CLOUD,
+}
+
+# "Bright clear pixel" refinement (REFERENCE.md, measured on the WorldCereal site): SCL calls many hazy
+# pixels clear. A clear pixel is re-marked cloud if its blue reflectance exceeds 0.2, or exceeds its own
+# median blue over the clear dates by more than 0.06. Snow (SCL 11) is left alone: it is bright and real.
+BRIGHT_BLUE = 0.2
+BRIGHT_ABOVE_MEDIAN = 0.06
+#: The median is trusted only from this many clear dates on; below it only the absolute test applies.
+BRIGHT_MIN_CLEAR_DATES = 3
+
+# Fallback test for catalogues without SCL: the cloud score of Schmitt et al. (2019) as used by
+# SEN12MS-CR-TS (util/detect_cloudshadow.py), threshold 0.2, and its CSI / blue shadow test with a 5×5
+# median filter (REFERENCE.md "Cloud masks"). L2A has no B10: the aerosol+cirrus term uses B01 alone.
+CLOUD_SCORE_THRESHOLD = 0.2
+SCORE_BLUE = (0.1, 0.5)
+SCORE_AEROSOL = (0.1, 0.3)
+SCORE_VISIBLE = (0.2, 0.8)
+SCORE_NDSI = (0.8, 0.6)  # reversed limits: snow (high NDSI) scores low
+SCORE_CLOSING_PX = 5
+SCORE_BLUR_PX = 7
+SHADOW_CSI_FRACTION = 3 / 4
+SHADOW_BLUE_FRACTION = 5 / 6
+SHADOW_MEDIAN_PX = 5
+
+
+def scl_to_mask(scl: np.ndarray) -> np.ndarray:
+    """Map SCL classes to mask classes (everything else, snow included, is clear)."""
+    mask = np.full(scl.shape, MaskClass.CLEAR, dtype=np.uint8)
+    for scl_class, mask_class in SCL_TO_MASK.items():
+        mask[scl == scl_class] = mask_class
+    return mask
+
+
+def dilate(mask: np.ndarray, px: int) -> np.ndarray:
+    """Grow cloud and shadow by ``px`` pixels (square neighbourhood) into clear pixels, per date.
+
+    Cloud wins over shadow where both grow; no-data is never overwritten.
+    """
+    if px == 0:
+        return mask.copy()
+    structure = np.ones((3, 3), dtype=bool)[None] if mask.ndim == 3 else np.ones((3, 3), dtype=bool)
+    out = mask.copy()
+    for cls in (MaskClass.SHADOW, MaskClass.CLOUD):
+        grown = ndimage.binary_dilation(mask == cls, structure=structure, iterations=px)
+        target = (out == MaskClass.CLEAR) | ((out == MaskClass.SHADOW) & (cls == MaskClass.CLOUD))
+        out[grown & target] = cls
+    return out
+
+
+def refine_bright(
+    mask: np.ndarray, s2: np.ndarray, bands: Sequence[str], snow: np.ndarray | None = None
+) -> np.ndarray:
+    """Re-mark bright "clear" pixels as cloud (see BRIGHT_* above). ``snow`` (time, y, x) exempts pixels."""
+    if "B02" not in bands:
+        return mask.copy()
+    blue = s2[:, list(bands).index("B02")].astype(np.float32) / S2_SCALE
+    clear = mask == MaskClass.CLEAR
+    clear_blue = np.where(clear, blue, np.nan)
+    n_clear = clear.sum(axis=0)
+    with np.errstate(all="ignore"):
+        median = np.nanmedian(np.where(n_clear >= BRIGHT_MIN_CLEAR_DATES, clear_blue, np.nan), axis=0)
+    too_bright = (blue > BRIGHT_BLUE) | (blue > median[None] + BRIGHT_ABOVE_MEDIAN)
+    if snow is not None:
+        too_bright &= ~snow
+    out = mask.copy()
+    out[clear & too_bright] = MaskClass.CLOUD
+    return out
+
+
+def _rescale(x: np.ndarray, limits: tuple[float, float]) -> np.ndarray:
+    return (x - limits[0]) / (limits[1] - limits[0])
+
+
+def _normalized_difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    total = a + b
+    return (a - b) / np.where(total == 0, 1e-3, total)
+
+
+def cloud_score(refl: dict[str, np.ndarray]) -> np.ndarray:
+    """Schmitt cloud score in [0, 1] of one date, from reflectances (band -> (y, x) float)."""
+    score = np.ones_like(refl["B02"])
+    score = np.minimum(score, _rescale(refl["B02"], SCORE_BLUE))
+    if "B01" in refl:
+        score = np.minimum(score, _rescale(refl["B01"], SCORE_AEROSOL))
+    score = np.minimum(score, _rescale(refl["B04"] + refl["B03"] + refl["B02"], SCORE_VISIBLE))
+    score = np.minimum(score, _rescale(_normalized_difference(refl["B03"], refl["B11"]), SCORE_NDSI))
+    score = ndimage.grey_closing(score, size=(SCORE_CLOSING_PX, SCORE_CLOSING_PX))
+    score = ndimage.uniform_filter(score, size=SCORE_BLUR_PX, mode="constant")
+    return np.clip(score, 1e-5, 1.0)
+
+
+def shadow_test(refl: dict[str, np.ndarray], valid: np.ndarray) -> np.ndarray:
+    """Cloud-shadow candidates of one date: dark in NIR+SWIR (CSI) and in blue, relative to the image."""
+    csi = (refl["B08"] + refl["B11"]) / 2
+    blue = refl["B02"]
+    if not valid.any():
+        return np.zeros(valid.shape, dtype=bool)
+    t_csi = csi[valid].min() + SHADOW_CSI_FRACTION * (csi[valid].mean() - csi[valid].min())
+    t_blue = blue[valid].min() + SHADOW_BLUE_FRACTION * (blue[valid].mean() - blue[valid].min())
+    candidate = ((csi < t_csi) & (blue < t_blue) & valid).astype(np.uint8)
+    return ndimage.median_filter(candidate, size=SHADOW_MEDIAN_PX) > 0
+
+
+def fallback_mask(s2: np.ndarray, bands: Sequence[str]) -> np.ndarray:
+    """Cloud / shadow / no-data mask without SCL, date by date (see the constants above)."""
+    index = {b: i for i, b in enumerate(bands)}
+    mask = np.full((s2.shape[0], *s2.shape[2:]), MaskClass.CLEAR, dtype=np.uint8)
+    for t in range(s2.shape[0]):
+        refl = {
+            b: s2[t, index[b]].astype(np.float32) / S2_SCALE
+            for b in ("B01", "B02", "B03", "B04", "B08", "B11")
+            if b in index
+        }
+        valid = (s2[t] > 0).all(axis=0)
+        cloud = cloud_score(refl) >= CLOUD_SCORE_THRESHOLD
+        shadow = shadow_test(refl, valid & ~cloud)
+        mask[t][shadow] = MaskClass.SHADOW
+        mask[t][cloud] = MaskClass.CLOUD
+        mask[t][~valid] = MaskClass.NODATA
+    return mask
