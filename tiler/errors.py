@@ -26,3 +26,19 @@ class TileIncompleteError(TileStoreError):
 
 class OutputExistsError(TileStoreError):
     """An output path already holds data and neither overwrite nor resume was asked for."""
+
+
+class AreaError(DeclouderError):
+    """An area of interest cannot be read or cannot be covered by the UTM tile grid."""
+
+
+class MosaicError(DeclouderError):
+    """Fitted tiles cannot be mosaicked as asked."""
+
+
+class TileMismatchError(MosaicError):
+    """A fitted tile does not belong in a mosaic: another UTM zone, band list, grid or date axis."""
+
+
+class MosaicIncompleteError(MosaicError):
+    """A mosaic store whose template or regions are not all written."""

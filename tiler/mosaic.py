@@ -1,0 +1,908 @@
+"""The mosaicker: the fitted tiles of one UTM zone become one Zarr store, written region by region.
+
+Three steps, each a pure function of store URLs, a key and a little configuration, so a driver can run
+the middle one as parallel tasks in any order:
+
+1. :func:`init_mosaic` writes the *template*: every variable's metadata and coordinates over the zone
+   extent of the campaign's tiles, the union of their dates, their bands, the CRS (``spatial_ref``), and
+   ``declouder_status = "writing"``. No imagery yet.
+2. :func:`write_mosaic_region` writes one *region*: the cell a tile owns on the grid
+   (:attr:`tiler.grid.TileRef.cell_bounds`), keyed by that tile's id. The mosaic's Zarr chunks are
+   exactly these cells (one date, all bands, one cell per chunk), so two regions never write the same
+   chunk and need no locks. A cell holds its own tile plus the overlaps that reach into it from the
+   neighbours to the west, south and south-west; they are blended with smooth weights (below).
+3. :func:`finalize_mosaic` checks that every region of the campaign is written and marks the store
+   ``complete``. Readers (:func:`open_mosaic`, the outputs) refuse a mosaic that is not.
+
+:func:`mosaic_tiles` does all three for any number of tiles, one store per UTM zone.
+
+Blending: each tile's weight is the product of a row and a column profile that is 1 inside the tile and
+ramps over the ``overlap`` pixels at each edge (raised cosine by default, linear on request). The ramps
+of two neighbours are mirror images, so at every pixel the weights of the tiles that cover it sum to
+one (four at a corner: the products still sum to one). Pixels without valid data in a tile (reflectance
+0 = nodata, or a date the tile does not have) get no weight from it and the others are renormalised:
+at the edge of the area or next to a failed tile, the tile that is present gives the value on its own.
+
+Dates: the mosaic's time axis is the sorted union of the tiles' UTC *days* (a tile date maps to its day;
+neighbouring tiles see the same satellite pass on the same day, with timestamps seconds apart). A tile
+must not hold two dates on one day (ingest merges same-day granules). Where no tile covering a pixel has
+a date, that pixel is nodata (0) on that date, and its quality value is nodata too.
+
+Quality layer ``clear_distance_days`` (time, y, x, uint16): days from the date to the nearest date on
+which the pixel was observed clear (0 = observed clear that day), from the tiles' ``mask_refined`` when
+the fit stored one, else their ``mask``; a pixel counts as clear on a date when a tile covering it says
+so. 65534 = never observed clear, 65535 = no imagery (see :mod:`tiler.quality`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import dask.array as da
+import fsspec
+import numpy as np
+import xarray as xr
+import zarr
+
+from tiler.errors import (
+    MosaicError,
+    MosaicIncompleteError,
+    OutputExistsError,
+    TileMismatchError,
+)
+from tiler.grid import DEFAULT_OVERLAP, DEFAULT_RESOLUTION, DEFAULT_TILE_SIZE, TileRef
+from tiler.quality import QUALITY_NODATA, clear_distance_days
+from tiler.store import (
+    COMPRESSOR,
+    DECLOUDED,
+    MASK,
+    S2_NODATA,
+    STATUS_ATTR,
+    STATUS_COMPLETE,
+    STATUS_WRITING,
+    MaskClass,
+    georeference,
+    open_tile,
+    tile_status,
+    zarr_store,
+)
+
+#: The quality layer: days to the nearest clear observation (module docstring).
+QUALITY = "clear_distance_days"
+#: Refined cloud masks a fit may store beside ``mask`` (same classes); preferred when present.
+MASK_REFINED = "mask_refined"
+#: Which cells the campaign covers (1) on the cell grid: written once by init_mosaic, in one chunk.
+REGION_EXPECTED = "region_expected"
+#: Which cells are written (1): one chunk per cell, so parallel regions never share a chunk.
+REGION_WRITTEN = "region_written"
+#: Version of this store layout, in the attributes of every mosaic.
+MOSAIC_VERSION = "1"
+#: Attributes holding the grid a mosaic was built on, its dates (ISO days) and bands, as JSON: region
+#: tasks read them from the store's one metadata document instead of decoding coordinate arrays.
+GRID_ATTR = "mosaic_grid"
+DATES_ATTR = "mosaic_dates"
+BANDS_ATTR = "mosaic_bands"
+#: Dates blended per step of a region: bounds memory (a 352×736 cell of 13 bands is 13 MB per date in
+#: float32, twice: sums and weights) while each read and write moves several chunks concurrently.
+DATES_PER_BATCH = 4
+RAMPS = ("cosine", "linear")
+Ramp = Literal["cosine", "linear"]
+#: Two pixel edges closer than this (metres) are the same edge: coordinates go through float64 sums.
+GRID_TOLERANCE_M = 1e-3
+#: Day numbers of the time axis: calendar days (UTC) since the epoch.
+DAY = np.timedelta64(1, "D")
+
+Progress = Callable[[int, int, str], None]
+StorageOptions = Mapping[str, Any] | None
+
+
+# --- Geometry of a mosaic -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MosaicGrid:
+    """The tile grid of one UTM zone and the block of cells a mosaic covers.
+
+    Cells ``col0 .. col0 + n_cols - 1`` by ``row0 .. row0 + n_rows - 1``; the mosaic array is north-up
+    (row 0 of the array is the north edge of cell row ``row0 + n_rows - 1``).
+    """
+
+    epsg: int
+    col0: int
+    row0: int
+    n_cols: int
+    n_rows: int
+    size: tuple[int, int] = DEFAULT_TILE_SIZE
+    overlap: int = DEFAULT_OVERLAP
+    resolution: float = DEFAULT_RESOLUTION
+    ramp: Ramp = "cosine"
+
+    def __post_init__(self) -> None:
+        self.tile(self.col0, self.row0)  # TileRef checks the zone, the size and the overlap
+        if self.n_cols < 1 or self.n_rows < 1:
+            raise ValueError(f"a mosaic grid needs at least one cell, got {self.n_cols}×{self.n_rows}")
+        if self.ramp not in RAMPS:
+            raise ValueError(f"blend ramp {self.ramp!r} is not one of {RAMPS}")
+
+    @classmethod
+    def covering(cls, tiles: Iterable[TileRef], *, ramp: Ramp = "cosine") -> MosaicGrid:
+        """The smallest grid whose cells hold the cells of all ``tiles`` (one zone, one tile geometry)."""
+        tiles = list(tiles)
+        if not tiles:
+            raise MosaicError("mosaic: no tiles given; pass the fitted tile stores to mosaic")
+        first = tiles[0]
+        for tile in tiles:
+            if tile.epsg != first.epsg:
+                raise TileMismatchError(
+                    f"tile {tile.tile_id!r} is in UTM zone EPSG:{tile.epsg} but tile {first.tile_id!r} is in "
+                    f"EPSG:{first.epsg}: a mosaic holds one zone; mosaic_tiles (CLI: declouder mosaic) "
+                    "writes one store per zone"
+                )
+        cols = [t.col for t in tiles]
+        rows = [t.row for t in tiles]
+        return cls(
+            epsg=first.epsg,
+            col0=min(cols),
+            row0=min(rows),
+            n_cols=max(cols) - min(cols) + 1,
+            n_rows=max(rows) - min(rows) + 1,
+            size=first.size,
+            overlap=first.overlap,
+            resolution=first.resolution,
+            ramp=ramp,
+        )
+
+    def tile(self, col: int, row: int) -> TileRef:
+        return TileRef(self.epsg, col, row, self.size, self.overlap, self.resolution)
+
+    @property
+    def cell_shape(self) -> tuple[int, int]:
+        """(height, width) of one cell in pixels: the grid's stride and the mosaic's chunk."""
+        return self.tile(self.col0, self.row0).stride
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.n_rows * self.cell_shape[0], self.n_cols * self.cell_shape[1])
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        height, width = self.cell_shape
+        res = self.resolution
+        return (
+            self.col0 * width * res,
+            self.row0 * height * res,
+            (self.col0 + self.n_cols) * width * res,
+            (self.row0 + self.n_rows) * height * res,
+        )
+
+    def coords(self) -> tuple[np.ndarray, np.ndarray]:
+        """(y, x) pixel centres in the zone CRS; y descends (north-up)."""
+        minx, _, _, maxy = self.bounds
+        height, width = self.shape
+        x = minx + (np.arange(width) + 0.5) * self.resolution
+        y = maxy - (np.arange(height) + 0.5) * self.resolution
+        return y, x
+
+    def contains(self, tile: TileRef) -> bool:
+        return (
+            tile.epsg == self.epsg
+            and self.col0 <= tile.col < self.col0 + self.n_cols
+            and self.row0 <= tile.row < self.row0 + self.n_rows
+        )
+
+    def cell_index(self, tile: TileRef) -> tuple[int, int]:
+        """(row, column) of a tile's cell in the mosaic's cell arrays, north-up like the imagery."""
+        return (self.row0 + self.n_rows - 1 - tile.row, tile.col - self.col0)
+
+    def cell_tile(self, i: int, j: int) -> TileRef:
+        """The tile owning the cell at (row, column) ``(i, j)`` of the cell arrays (inverse of cell_index)."""
+        return self.tile(self.col0 + j, self.row0 + self.n_rows - 1 - i)
+
+    def cell_window(self, tile: TileRef) -> tuple[slice, slice]:
+        """The (y, x) slices of a tile's cell in the mosaic arrays: exactly one chunk."""
+        i, j = self.cell_index(tile)
+        height, width = self.cell_shape
+        return slice(i * height, (i + 1) * height), slice(j * width, (j + 1) * width)
+
+    def to_attrs(self) -> str:
+        return json.dumps(
+            {
+                "epsg": self.epsg,
+                "col0": self.col0,
+                "row0": self.row0,
+                "n_cols": self.n_cols,
+                "n_rows": self.n_rows,
+                "size": list(self.size),
+                "overlap": self.overlap,
+                "resolution": self.resolution,
+                "ramp": self.ramp,
+            }
+        )
+
+    @classmethod
+    def from_attrs(cls, text: str) -> MosaicGrid:
+        fields = json.loads(text)
+        fields["size"] = tuple(fields["size"])
+        return cls(**fields)
+
+
+def blend_profile(n: int, overlap: int, ramp: Ramp = "cosine") -> np.ndarray:
+    """Weights along one axis of a tile of ``n`` pixels: ramps over ``overlap`` pixels at both ends.
+
+    Sampled at pixel centres, so the falling ramp of one tile and the rising ramp of its neighbour over
+    the same pixels add up to exactly one, and no weight is ever zero (an edge pixel without a neighbour
+    still renormalises to its own value).
+    """
+    weights = np.ones(n, dtype=np.float64)
+    if overlap == 0:
+        return weights
+    t = (np.arange(overlap) + 0.5) / overlap
+    rising = 0.5 - 0.5 * np.cos(np.pi * t) if ramp == "cosine" else t
+    weights[:overlap] = rising
+    weights[n - overlap :] = rising[::-1]
+    return weights
+
+
+def blend_weights(tile: TileRef, ramp: Ramp = "cosine") -> np.ndarray:
+    """A tile's (height, width) blend weights, north-up like its arrays: row profile × column profile."""
+    height, width = tile.size
+    return np.outer(blend_profile(height, tile.overlap, ramp), blend_profile(width, tile.overlap, ramp))
+
+
+# --- Reading fitted tiles -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FittedTile:
+    """A fitted tile store, checked against a mosaic: where its pixels lie and which days it holds."""
+
+    tile: TileRef
+    url: str
+    bands: tuple[str, ...]
+    days: tuple[int, ...]
+    #: Offsets of the store's first row and column inside the tile's nominal footprint, and its shape.
+    row_offset: int
+    col_offset: int
+    height: int
+    width: int
+    mask_variable: str
+
+
+def read_fitted_tile(tile: TileRef, url: str, *, storage_options: StorageOptions = None) -> FittedTile:
+    """Open a fitted tile's metadata and check it can be placed on the grid; refuse it with a reason."""
+    name = tile.tile_id
+    ds = open_tile(url, storage_options=storage_options, require=[DECLOUDED], name=name)
+    epsg = int(ds.attrs["epsg"]) if "epsg" in ds.attrs else ds.rio.crs.to_epsg()
+    if epsg != tile.epsg:
+        raise TileMismatchError(
+            f"tile {name!r}: its store {url!r} is in EPSG:{epsg}, but the id places it in UTM zone "
+            f"EPSG:{tile.epsg}; mosaic it with the tiles of its own zone"
+        )
+    days = ds["time"].values.astype("datetime64[D]")
+    if np.unique(days).size != days.size:
+        raise TileMismatchError(
+            f"tile {name!r}: several dates on one day ({_duplicate_days(days)}); the mosaic's time axis is "
+            "by UTC day: merge same-day acquisitions into one date (ingest does) and fit again"
+        )
+    x = ds["x"].values.astype(np.float64)
+    y = ds["y"].values.astype(np.float64)
+    res = tile.resolution
+    minx, _, _, maxy = tile.bounds
+    col_offset = (x[0] - res / 2 - minx) / res
+    row_offset = (maxy - (y[0] + res / 2)) / res
+    regular = x.size < 2 or (
+        np.allclose(np.diff(x), res, atol=GRID_TOLERANCE_M)
+        and np.allclose(np.diff(y), -res, atol=GRID_TOLERANCE_M)
+    )
+    aligned = (
+        abs(col_offset - round(col_offset)) * res < GRID_TOLERANCE_M
+        and abs(row_offset - round(row_offset)) * res < GRID_TOLERANCE_M
+    )
+    inside = (
+        round(col_offset) >= 0
+        and round(row_offset) >= 0
+        and round(col_offset) + x.size <= tile.size[1]
+        and round(row_offset) + y.size <= tile.size[0]
+    )
+    if not (regular and aligned and inside):
+        raise TileMismatchError(
+            f"tile {name!r}: its pixels ({x.size}×{y.size} from x={x[0] - res / 2:.2f}, "
+            f"y={y[0] + res / 2:.2f}) do not lie on the grid footprint {tile.bounds} of a "
+            f"{tile.size[0]}×{tile.size[1]} px tile with {tile.overlap} px overlap at {res:g} m: "
+            "mosaic with the size/overlap/resolution the tiles were planned with"
+        )
+    return FittedTile(
+        tile=tile,
+        url=url,
+        bands=tuple(str(b) for b in ds["band"].values),
+        days=tuple(int(d) for d in days.astype(np.int64)),
+        row_offset=round(row_offset),
+        col_offset=round(col_offset),
+        height=int(y.size),
+        width=int(x.size),
+        mask_variable=MASK_REFINED if MASK_REFINED in ds else MASK,
+    )
+
+
+def _duplicate_days(days: np.ndarray) -> str:
+    values, counts = np.unique(days, return_counts=True)
+    return ", ".join(str(v) for v in values[counts > 1][:3])
+
+
+def _parse_tile_ids(
+    tiles: Mapping[str, str], *, size: tuple[int, int], overlap: int, resolution: float
+) -> dict[TileRef, str]:
+    parsed: dict[TileRef, str] = {}
+    for tile_id, url in tiles.items():
+        try:
+            tile = TileRef.from_id(tile_id, size=size, overlap=overlap, resolution=resolution)
+        except ValueError as err:
+            raise TileMismatchError(
+                f"tile {tile_id!r} ({url!r}): not a grid tile id: {err}; the mosaicker places tiles by their "
+                "grid id (declouder tiles prints them)"
+            ) from err
+        parsed[tile] = url
+    return parsed
+
+
+# --- The three steps ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MosaicInfo:
+    """What a mosaic store holds (read from its metadata)."""
+
+    url: str
+    grid: MosaicGrid
+    times: tuple[np.datetime64, ...]
+    bands: tuple[str, ...]
+    status: str
+    n_regions: int
+
+    @property
+    def epsg(self) -> int:
+        return self.grid.epsg
+
+
+@dataclass(frozen=True)
+class RegionSummary:
+    """What one :func:`write_mosaic_region` call did."""
+
+    key: str
+    tiles: tuple[str, ...]
+    dates_written: int
+    bytes_written: int
+    seconds: float
+    skipped: bool = False
+
+
+def init_mosaic(
+    mosaic_url: str,
+    tiles: Mapping[str, str],
+    *,
+    keys: Iterable[str] | None = None,
+    size: tuple[int, int] = DEFAULT_TILE_SIZE,
+    overlap: int = DEFAULT_OVERLAP,
+    resolution: float = DEFAULT_RESOLUTION,
+    ramp: Ramp = "cosine",
+    storage_options: StorageOptions = None,
+    overwrite: bool = False,
+    resume: bool = False,
+    progress: Progress | None = None,
+) -> MosaicInfo:
+    """Write the template of a zone's mosaic: coordinates, CRS, dates, bands; no imagery.
+
+    ``tiles`` maps grid tile ids to fitted tile store URLs (all of one UTM zone); every tile is checked
+    (complete, fitted, same bands, on the grid) and its dates join the time axis. ``keys`` are the tile
+    ids whose cells the mosaic will hold (the regions finalize expects); default: the ids of ``tiles``.
+    Pass the whole campaign's ids as ``keys`` so that cells of failed tiles still get their neighbours'
+    overlaps. An existing store is refused unless ``overwrite`` (replace it) or ``resume`` (keep it if
+    its template matches, so regions already written stay).
+    """
+    parsed = _parse_tile_ids(tiles, size=size, overlap=overlap, resolution=resolution)
+    key_tiles = (
+        list(parsed)
+        if keys is None
+        else list(_parse_tile_ids({k: "" for k in keys}, size=size, overlap=overlap, resolution=resolution))
+    )
+    MosaicGrid.covering([*key_tiles, *parsed])  # refuses tiles or keys of another zone, naming them
+    grid = MosaicGrid.covering(key_tiles, ramp=ramp)
+    fitted = []
+    for done, (tile, url) in enumerate(sorted(parsed.items(), key=lambda item: item[0].tile_id)):
+        fitted.append(read_fitted_tile(tile, url, storage_options=storage_options))
+        if progress is not None:
+            progress(done + 1, len(parsed), f"checked {tile.tile_id}")
+    if not fitted:
+        raise MosaicError(f"mosaic {mosaic_url!r}: no fitted tiles given; nothing to mosaic")
+    bands = fitted[0].bands
+    for item in fitted:
+        if item.bands != bands:
+            raise TileMismatchError(
+                f"tile {item.tile.tile_id!r}: bands {list(item.bands)} differ from tile "
+                f"{fitted[0].tile.tile_id!r}'s {list(bands)}; a mosaic needs one band list: refit or "
+                "leave the tile out"
+            )
+    days = np.array(sorted({d for item in fitted for d in item.days}), dtype=np.int64)
+    times = (days * DAY + np.datetime64(0, "D")).astype("datetime64[ns]")
+
+    status = tile_status(mosaic_url, storage_options)
+    if status != "missing":
+        if resume:
+            existing = mosaic_info(mosaic_url, storage_options=storage_options)
+            if existing.grid == grid and existing.bands == bands and np.array_equal(existing.times, times):
+                return existing
+            raise OutputExistsError(
+                f"mosaic {mosaic_url!r} exists with another template (grid, bands or dates differ from "
+                "these tiles); resume needs the same tiles: pass overwrite to start it again"
+            )
+        if not overwrite:
+            raise OutputExistsError(
+                f"mosaic {mosaic_url!r} already exists ({status}); pass resume (keep written regions) or "
+                "overwrite (CLI: --resume / --overwrite)"
+            )
+        fs, path = fsspec.core.url_to_fs(mosaic_url, **dict(storage_options or {}))
+        fs.rm(path, recursive=True)
+
+    template = _template(grid, times, bands, key_tiles)
+    # As the tile store does: without a ``grid_mapping`` encoding, xarray lists ``spatial_ref`` in each
+    # variable's ``coordinates``, so plain ``xr.open_zarr`` brings it back as a coordinate and
+    # rioxarray finds the CRS.
+    for variable in template.variables.values():
+        variable.encoding = {}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*Consolidated metadata.*")
+        warnings.filterwarnings("ignore", message=".*vlen-utf8.*")
+        template.to_zarr(
+            mosaic_url,
+            mode="w",
+            compute=False,
+            zarr_format=3,
+            consolidated=True,
+            encoding=_encoding(grid, len(bands)),
+            storage_options=dict(storage_options) if storage_options else None,
+        )
+    return MosaicInfo(mosaic_url, grid, tuple(times), bands, STATUS_WRITING, len(set(key_tiles)))
+
+
+def _template(
+    grid: MosaicGrid, times: np.ndarray, bands: Sequence[str], keys: Sequence[TileRef]
+) -> xr.Dataset:
+    y, x = grid.coords()
+    height, width = grid.shape
+    cell_h, cell_w = grid.cell_shape
+    n_time, n_band = times.size, len(bands)
+    expected = np.zeros((grid.n_rows, grid.n_cols), dtype=np.uint8)
+    for tile in keys:
+        expected[grid.cell_index(tile)] = 1
+    ds = xr.Dataset(
+        {
+            DECLOUDED: (
+                ("time", "band", "y", "x"),
+                da.zeros(
+                    (n_time, n_band, height, width), dtype=np.uint16, chunks=(1, n_band, cell_h, cell_w)
+                ),
+            ),
+            QUALITY: (
+                ("time", "y", "x"),
+                da.full((n_time, height, width), QUALITY_NODATA, dtype=np.uint16, chunks=(1, cell_h, cell_w)),
+            ),
+            REGION_EXPECTED: (("cell_row", "cell_col"), expected),
+            REGION_WRITTEN: (
+                ("cell_row", "cell_col"),
+                da.zeros((grid.n_rows, grid.n_cols), dtype=np.uint8, chunks=(1, 1)),
+            ),
+        },
+        coords={"time": times, "band": np.array(list(bands), dtype=object), "y": y, "x": x},
+        attrs={
+            STATUS_ATTR: STATUS_WRITING,
+            "epsg": grid.epsg,
+            GRID_ATTR: grid.to_attrs(),
+            DATES_ATTR: json.dumps([str(d) for d in times.astype("datetime64[D]")]),
+            BANDS_ATTR: json.dumps(list(bands)),
+            "mosaic_version": MOSAIC_VERSION,
+            "software_version": _software_version(),
+            "time_rule": "union of the fitted tiles' UTC days; nodata where no covering tile has the day",
+        },
+    )
+    ds[DECLOUDED].attrs.update(
+        units="1", scale_factor_note="reflectance x 10000", nodata=S2_NODATA, blend=f"{grid.ramp} ramps"
+    )
+    ds[QUALITY].attrs.update(
+        units="days",
+        long_name="days to the nearest date the pixel was observed clear (0: observed clear)",
+        flag_values=[QUALITY_NODATA - 1, QUALITY_NODATA],
+        flag_meanings="never_observed_clear no_imagery",
+    )
+    ds[REGION_EXPECTED].attrs["long_name"] = "cells of the campaign's tiles (1), north-up"
+    ds[REGION_WRITTEN].attrs["long_name"] = "cells whose region is written (1), north-up"
+    return georeference(ds, grid.epsg)
+
+
+def _encoding(grid: MosaicGrid, n_band: int) -> dict[str, dict[str, Any]]:
+    cell_h, cell_w = grid.cell_shape
+    return {
+        DECLOUDED: {
+            "chunks": (1, n_band, cell_h, cell_w),
+            "compressors": (COMPRESSOR,),
+            "fill_value": S2_NODATA,
+        },
+        QUALITY: {"chunks": (1, cell_h, cell_w), "compressors": (COMPRESSOR,), "fill_value": QUALITY_NODATA},
+        REGION_EXPECTED: {"chunks": (grid.n_rows, grid.n_cols), "fill_value": 0},
+        REGION_WRITTEN: {"chunks": (1, 1), "fill_value": 0},
+    }
+
+
+def _software_version() -> str:
+    from campaign import __version__
+
+    return __version__
+
+
+def mosaic_info(mosaic_url: str, *, storage_options: StorageOptions = None) -> MosaicInfo:
+    """Read a mosaic's metadata (any status; one small read); raise :class:`MosaicError` if none is there."""
+    status = tile_status(mosaic_url, storage_options)
+    if status == "missing":
+        raise MosaicError(
+            f"mosaic {mosaic_url!r}: no store there; run init_mosaic (or declouder mosaic) first"
+        )
+    group = zarr.open_group(zarr_store(mosaic_url, storage_options), mode="r")
+    attrs = group.attrs
+    if GRID_ATTR not in attrs:
+        raise MosaicError(
+            f"mosaic {mosaic_url!r}: the store there is not a declouder mosaic (no {GRID_ATTR!r})"
+        )
+    return MosaicInfo(
+        url=mosaic_url,
+        grid=MosaicGrid.from_attrs(str(attrs[GRID_ATTR])),
+        times=tuple(
+            np.array(json.loads(str(attrs[DATES_ATTR])), dtype="datetime64[D]").astype("datetime64[ns]")
+        ),
+        bands=tuple(json.loads(str(attrs[BANDS_ATTR]))),
+        status=str(attrs.get(STATUS_ATTR)),
+        n_regions=int(np.asarray(group[REGION_EXPECTED][...]).sum()),
+    )
+
+
+def write_mosaic_region(
+    mosaic_url: str,
+    key: str | TileRef,
+    tiles: Mapping[str, str],
+    *,
+    storage_options: StorageOptions = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+) -> RegionSummary:
+    """Blend and write the cell of tile ``key``: its own tile and the neighbours' overlaps reaching in.
+
+    ``tiles`` maps tile ids to fitted tile store URLs; only the (up to four) tiles that reach into the
+    cell are opened, so the whole campaign's mapping can be passed to every task. A tile absent from it
+    (a failed fit) simply contributes nothing. A region already written is refused unless ``resume``
+    (skip it) or ``overwrite`` (write it again). Safe to run in parallel with other keys, in any order.
+    """
+    started = time.perf_counter()
+    info = mosaic_info(mosaic_url, storage_options=storage_options)
+    grid = info.grid
+    key_id = key.tile_id if isinstance(key, TileRef) else key
+    cell = _key_tile(key_id, grid)
+    group = zarr.open_group(zarr_store(mosaic_url, storage_options), mode="r+")
+    i, j = grid.cell_index(cell)
+    written = bool(group[REGION_WRITTEN][i, j])
+    if info.status == STATUS_COMPLETE or written:
+        if resume and not overwrite:
+            return RegionSummary(key_id, (), 0, 0, time.perf_counter() - started, skipped=True)
+        if not overwrite:
+            raise OutputExistsError(
+                f"mosaic {mosaic_url!r}: region {key_id!r} is already written; pass resume (skip it) or "
+                "overwrite (write it again)"
+            )
+    if info.status == STATUS_COMPLETE:
+        # Rewriting a finished mosaic: it must stop looking finished until finalize runs again.
+        _set_status(mosaic_url, STATUS_WRITING, storage_options)
+
+    contributors = _contributors(cell, grid, tiles, info, storage_options)
+    y_cell, x_cell = grid.cell_window(cell)
+    cell_h, cell_w = grid.cell_shape
+    n_band = len(info.bands)
+    mosaic_days = np.array(info.times, dtype="datetime64[D]").astype(np.int64)
+    day_index = {int(d): t for t, d in enumerate(mosaic_days)}
+    for item in contributors:
+        missing = [d for d in item.tile.days if d not in day_index]
+        if missing:
+            raise TileMismatchError(
+                f"tile {item.tile.tile.tile_id!r}: date {np.datetime64(missing[0], 'D')} is not on the "
+                f"time axis of mosaic {mosaic_url!r} (the tile was refitted after init_mosaic?); run "
+                "init_mosaic again with overwrite"
+            )
+
+    clear = np.zeros((len(mosaic_days), cell_h, cell_w), dtype=bool)
+    covered = np.zeros_like(clear)
+    for item in contributors:
+        item.add_clear(clear, day_index)
+    imagery = group[DECLOUDED]
+    dates_written = 0
+    for t0 in range(0, len(mosaic_days), DATES_PER_BATCH):
+        batch = [int(d) for d in mosaic_days[t0 : t0 + DATES_PER_BATCH]]
+        total = np.zeros((len(batch), n_band, cell_h, cell_w), dtype=np.float32)
+        weight = np.zeros_like(total)
+        for item in contributors:
+            item.add_weighted(batch, total, weight)
+        out = np.zeros(total.shape, dtype=np.uint16)
+        has = weight > 0
+        out[has] = np.rint(total[has] / weight[has]).astype(np.uint16)
+        covered[t0 : t0 + len(batch)] = has.any(axis=1)
+        present = has.any(axis=(1, 2, 3))
+        dates_written += int(present.sum())
+        if present.any() or overwrite:  # else nothing to write (and, when overwriting, old data to clear)
+            imagery[t0 : t0 + len(batch), :, y_cell, x_cell] = out
+        if progress is not None:
+            progress(t0 + len(batch), len(mosaic_days), f"region {key_id}")
+
+    quality = clear_distance_days(clear & covered, mosaic_days, covered=covered)
+    group[QUALITY][:, y_cell, x_cell] = quality
+    group[REGION_WRITTEN][i, j] = 1
+    return RegionSummary(
+        key=key_id,
+        tiles=tuple(item.tile.tile.tile_id for item in contributors),
+        dates_written=dates_written,
+        bytes_written=dates_written * n_band * cell_h * cell_w * np.dtype(np.uint16).itemsize,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _key_tile(key_id: str, grid: MosaicGrid) -> TileRef:
+    try:
+        cell = TileRef.from_id(key_id, size=grid.size, overlap=grid.overlap, resolution=grid.resolution)
+    except ValueError as err:
+        raise MosaicError(f"region key {key_id!r}: {err}") from err
+    if cell.epsg != grid.epsg:
+        raise TileMismatchError(
+            f"region key {key_id!r} is in UTM zone EPSG:{cell.epsg}, the mosaic in EPSG:{grid.epsg}; "
+            "write it into its own zone's mosaic"
+        )
+    if not grid.contains(cell):
+        raise MosaicError(
+            f"region key {key_id!r} lies outside the mosaic's cells (columns {grid.col0}.."
+            f"{grid.col0 + grid.n_cols - 1}, rows {grid.row0}..{grid.row0 + grid.n_rows - 1}); include it in "
+            "init_mosaic's keys"
+        )
+    return cell
+
+
+@dataclass
+class _Contributor:
+    """A fitted tile's share of one cell: which pixels, with which weights, read from which arrays."""
+
+    tile: FittedTile
+    date_index: dict[int, int]
+    # Slices of the cell (destination) and of the store's arrays (source).
+    cell_rows: slice
+    cell_cols: slice
+    src_rows: slice
+    src_cols: slice
+    weights: np.ndarray
+    group: zarr.Group
+
+    def add_weighted(self, days: Sequence[int], total: np.ndarray, weight: np.ndarray) -> None:
+        """Add this tile's weighted values (and weights) for the batch ``days`` to ``total``/``weight``."""
+        positions = [k for k, day in enumerate(days) if day in self.date_index]
+        if not positions:
+            return
+        indices = [self.date_index[days[k]] for k in positions]
+        # One orthogonal selection: zarr fetches and decodes the dates' chunks concurrently.
+        values = self.group[DECLOUDED].get_orthogonal_selection(
+            (indices, slice(None), self.src_rows, self.src_cols)
+        )
+        for k, plane in zip(positions, values, strict=True):
+            w = np.where(plane != S2_NODATA, self.weights, np.float32(0))
+            total[k, :, self.cell_rows, self.cell_cols] += w * plane
+            weight[k, :, self.cell_rows, self.cell_cols] += w
+
+    def add_clear(self, clear: np.ndarray, day_index: Mapping[int, int]) -> None:
+        """Mark, on the mosaic's dates, the pixels this tile saw clear."""
+        masks = self.group[self.tile.mask_variable].get_orthogonal_selection(
+            (slice(None), self.src_rows, self.src_cols)
+        )
+        for day, mask in zip(self.tile.days, masks, strict=True):
+            clear[day_index[day], self.cell_rows, self.cell_cols] |= mask == MaskClass.CLEAR
+
+
+def _contributors(
+    cell: TileRef,
+    grid: MosaicGrid,
+    tiles: Mapping[str, str],
+    info: MosaicInfo,
+    storage_options: StorageOptions,
+) -> list[_Contributor]:
+    wanted = (
+        {(cell.col - dc, cell.row - dr) for dc in (0, 1) for dr in (0, 1)}
+        if grid.overlap
+        else {(cell.col, cell.row)}
+    )
+    by_place: dict[tuple[int, int], tuple[str, str]] = {}
+    for tile_id, url in tiles.items():
+        try:
+            tile = TileRef.from_id(tile_id, size=grid.size, overlap=grid.overlap, resolution=grid.resolution)
+        except ValueError as err:
+            raise TileMismatchError(f"tile {tile_id!r} ({url!r}): not a grid tile id: {err}") from err
+        if tile.epsg == grid.epsg and (tile.col, tile.row) in wanted:
+            by_place[(tile.col, tile.row)] = (tile_id, url)
+    cminx, cminy, cmaxx, cmaxy = cell.cell_bounds
+    res = grid.resolution
+    contributors = []
+    for (col, row), (_, url) in sorted(by_place.items()):
+        tile = grid.tile(col, row)
+        fitted = read_fitted_tile(tile, url, storage_options=storage_options)
+        if fitted.bands != info.bands:
+            raise TileMismatchError(
+                f"tile {tile.tile_id!r}: bands {list(fitted.bands)} differ from the mosaic's "
+                f"{list(info.bands)}; a mosaic needs one band list: refit the tile or leave it out"
+            )
+        # The store's pixel extent in the zone CRS, clipped to the cell.
+        minx, _, _, maxy = tile.bounds
+        sx0 = minx + fitted.col_offset * res
+        sy1 = maxy - fitted.row_offset * res
+        x0, x1 = max(sx0, cminx), min(sx0 + fitted.width * res, cmaxx)
+        y0, y1 = max(sy1 - fitted.height * res, cminy), min(sy1, cmaxy)
+        if x1 <= x0 or y1 <= y0:
+            continue
+        src_cols = slice(round((x0 - sx0) / res), round((x1 - sx0) / res))
+        src_rows = slice(round((sy1 - y1) / res), round((sy1 - y0) / res))
+        cell_cols = slice(round((x0 - cminx) / res), round((x1 - cminx) / res))
+        cell_rows = slice(round((cmaxy - y1) / res), round((cmaxy - y0) / res))
+        nominal = blend_weights(tile, grid.ramp)
+        weights = nominal[
+            src_rows.start + fitted.row_offset : src_rows.stop + fitted.row_offset,
+            src_cols.start + fitted.col_offset : src_cols.stop + fitted.col_offset,
+        ].astype(np.float32)
+        contributors.append(
+            _Contributor(
+                tile=fitted,
+                date_index={d: k for k, d in enumerate(fitted.days)},
+                cell_rows=cell_rows,
+                cell_cols=cell_cols,
+                src_rows=src_rows,
+                src_cols=src_cols,
+                weights=weights,
+                group=zarr.open_group(zarr_store(url, storage_options), mode="r"),
+            )
+        )
+    return contributors
+
+
+def finalize_mosaic(mosaic_url: str, *, storage_options: StorageOptions = None) -> MosaicInfo:
+    """Check every expected region is written, then mark the mosaic complete.
+
+    Raises :class:`MosaicIncompleteError` naming the regions still missing (the mosaic stays
+    ``writing``: rerun their :func:`write_mosaic_region` and finalize again).
+    """
+    info = mosaic_info(mosaic_url, storage_options=storage_options)
+    group = zarr.open_group(zarr_store(mosaic_url, storage_options), mode="r")
+    expected = group[REGION_EXPECTED][...].astype(bool)
+    written = group[REGION_WRITTEN][...].astype(bool)
+    missing = np.argwhere(expected & ~written)
+    if missing.size:
+        grid = info.grid
+        names = [grid.cell_tile(int(i), int(j)).tile_id for i, j in missing[:5]]
+        more = f" and {len(missing) - len(names)} more" if len(missing) > len(names) else ""
+        raise MosaicIncompleteError(
+            f"mosaic {mosaic_url!r}: {len(missing)} of {int(expected.sum())} regions are not written "
+            f"({', '.join(names)}{more}); run write_mosaic_region for them (the campaign resumes), "
+            "then finalize again"
+        )
+    _set_status(mosaic_url, STATUS_COMPLETE, storage_options)
+    return mosaic_info(mosaic_url, storage_options=storage_options)
+
+
+def _set_status(url: str, status: str, storage_options: StorageOptions) -> None:
+    store = zarr_store(url, storage_options)
+    group = zarr.open_group(store, mode="r+")
+    group.attrs[STATUS_ATTR] = status
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*Consolidated metadata.*")
+        zarr.consolidate_metadata(store)
+
+
+def open_mosaic(mosaic_url: str, *, storage_options: StorageOptions = None) -> xr.Dataset:
+    """Open a finished mosaic lazily (xarray + rioxarray ready); refuse one still being written."""
+    info = mosaic_info(mosaic_url, storage_options=storage_options)
+    if info.status != STATUS_COMPLETE:
+        raise MosaicIncompleteError(
+            f"mosaic {mosaic_url!r} is {info.status!r}, not complete: finish its regions and run "
+            "finalize_mosaic (or rerun declouder mosaic with --resume)"
+        )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*Consolidated metadata.*")
+        return xr.open_zarr(
+            mosaic_url, zarr_format=3, storage_options=dict(storage_options) if storage_options else None
+        )
+
+
+# --- All at once ----------------------------------------------------------------------------------------
+
+
+def mosaic_tiles(
+    out_url: str,
+    tiles: Mapping[str, str] | Sequence[str],
+    *,
+    keys: Iterable[str] | None = None,
+    size: tuple[int, int] = DEFAULT_TILE_SIZE,
+    overlap: int = DEFAULT_OVERLAP,
+    resolution: float = DEFAULT_RESOLUTION,
+    ramp: Ramp = "cosine",
+    storage_options: StorageOptions = None,
+    overwrite: bool = False,
+    resume: bool = False,
+    progress: Progress | None = None,
+) -> dict[int, MosaicInfo]:
+    """Mosaic fitted tiles into one store per UTM zone, ``{out_url}/mosaic_{EPSG}.zarr``.
+
+    ``tiles`` maps tile ids to store URLs, or lists store URLs (the ids are then read from the stores'
+    ``tile_id`` attribute). Runs :func:`init_mosaic`, every region and :func:`finalize_mosaic`, one after
+    the other; a campaign runs the regions as parallel tasks instead.
+    """
+    mapping = dict(tiles) if isinstance(tiles, Mapping) else _ids_from_stores(tiles, storage_options)
+    parsed = _parse_tile_ids(mapping, size=size, overlap=overlap, resolution=resolution)
+    key_ids = list(mapping) if keys is None else list(keys)
+    results: dict[int, MosaicInfo] = {}
+    for epsg in sorted({t.epsg for t in parsed}):
+        zone_tiles = {tid: url for tid, url in mapping.items() if tid.split("_", 1)[0] == str(epsg)}
+        zone_keys = [k for k in key_ids if k.split("_", 1)[0] == str(epsg)]
+        url = f"{out_url.rstrip('/')}/mosaic_{epsg}.zarr"
+        info = init_mosaic(
+            url,
+            zone_tiles,
+            keys=zone_keys,
+            size=size,
+            overlap=overlap,
+            resolution=resolution,
+            ramp=ramp,
+            storage_options=storage_options,
+            overwrite=overwrite,
+            resume=resume,
+        )
+        if info.status == STATUS_COMPLETE:
+            results[epsg] = info
+            continue
+        for done, key in enumerate(zone_keys):
+            write_mosaic_region(url, key, zone_tiles, storage_options=storage_options, resume=True)
+            if progress is not None:
+                progress(done + 1, len(zone_keys), f"EPSG:{epsg} region {key}")
+        results[epsg] = finalize_mosaic(url, storage_options=storage_options)
+    return results
+
+
+def _ids_from_stores(urls: Sequence[str], storage_options: StorageOptions) -> dict[str, str]:
+    mapping: dict[str, str] = {}
+    for url in urls:
+        tile_id = str(
+            open_tile(url, storage_options=storage_options, require=[DECLOUDED]).attrs.get("tile_id", "")
+        )
+        if not tile_id:
+            raise TileMismatchError(
+                f"tile store {url!r} has no 'tile_id' attribute; pass an id -> url mapping"
+            )
+        if tile_id in mapping:
+            raise TileMismatchError(
+                f"tile {tile_id!r}: two stores, {mapping[tile_id]!r} and {url!r}; keep one"
+            )
+        mapping[tile_id] = url
+    return mapping
+
+
+def region_keys(
+    mosaic_url: str, *, storage_options: StorageOptions = None, pending: bool = False
+) -> list[str]:
+    """The region keys a mosaic expects (tile ids), or only those not yet written (``pending``)."""
+    info = mosaic_info(mosaic_url, storage_options=storage_options)
+    group = zarr.open_group(zarr_store(mosaic_url, storage_options), mode="r")
+    todo = group[REGION_EXPECTED][...].astype(bool)
+    if pending:
+        todo &= ~group[REGION_WRITTEN][...].astype(bool)
+    grid = info.grid
+    return [grid.cell_tile(int(i), int(j)).tile_id for i, j in np.argwhere(todo)]
