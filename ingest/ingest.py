@@ -21,7 +21,7 @@ import pystac
 from ingest.catalogs import PLANETARY_COMPUTER, CatalogProfile, check_profile, detect_profile
 from ingest.config import IngestConfig, TileTarget, lonlat_bounds, validate_target
 from ingest.errors import NoS2ItemsError
-from ingest.load import Grid, load_s1_passes, load_s2_days
+from ingest.load import Grid, Retry, load_s1_passes, load_s2_days
 from ingest.masks import SCL_SNOW, dilate, fallback_mask, refine_bright, scl_to_mask
 from ingest.pairing import Pairing, S1Acquisition, group_acquisitions, pair_s1, solar_day
 from ingest.search import ItemSource, item_time, open_source
@@ -157,6 +157,7 @@ def ingest_tile(
     bbox = lonlat_bounds(tile)
     longitude = (bbox[0] + bbox[2]) / 2
     retry = {"retries": config.retries, "backoff_s": config.backoff_s}
+    reads = Retry(config.retries, config.backoff_s, sleep)
 
     # 1. Sentinel-2: search, recognise the catalogue, drop what cannot or should not be used.
     s2_source = searcher or open_source(config.catalog, timeout_s=config.timeout_s, **retry)
@@ -204,9 +205,8 @@ def ingest_tile(
         profile,
         with_scl=config.cloud_mask == "scl",
         resampling=config.resampling,
-        sleep=sleep,
+        retry=reads,
         on_batch=lambda done, total: notify(ProgressEvent("s2", done, total, f"{len(days)} dates")),
-        **retry,
     )
     keep = [k for k, d in enumerate(s2_days) if (d.reflectance > 0).all(axis=0).any()]
     for k in sorted(set(range(len(days))) - set(keep)):
@@ -224,7 +224,7 @@ def ingest_tile(
 
     # 4. Read the S1 passes paired with the kept dates.
     pairing = pair_s1(times, acquisitions, window_days=config.s1_window_days, orbit=config.s1_orbit)
-    s1, pairing = _load_s1(pairing, acquisitions, grid, s1_profile, config, report, notify, sleep)
+    s1, pairing = _load_s1(pairing, acquisitions, grid, s1_profile, config, report, notify, reads)
     if not acquisitions:
         report.warn(
             f"tile {tile.tile_id!r}: no Sentinel-1 item in {s1_source.description} ({s1_collection}); "
@@ -345,7 +345,7 @@ def _load_s1(
     config: IngestConfig,
     report: _Report,
     notify: ProgressCallback,
-    sleep: Callable[[float], None],
+    reads: Retry,
 ) -> tuple[np.ndarray, Pairing]:
     """(time, polarization, y, x) dB for the paired passes; a pass with no data over the tile is unpaired."""
     n = pairing.index.size
@@ -356,9 +356,7 @@ def _load_s1(
         grid,
         profile,
         resampling=config.resampling,
-        retries=config.retries,
-        backoff_s=config.backoff_s,
-        sleep=sleep,
+        retry=reads,
         on_batch=lambda done, total: notify(ProgressEvent("s1", done, total, f"{len(wanted)} passes")),
     )
     loaded = dict(zip(wanted, passes, strict=True))

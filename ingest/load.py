@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 import pystac
-import xarray as xr
 
 from ingest.catalogs import POLARIZATIONS, CatalogProfile
 from ingest.config import TileTarget, tile_shape
@@ -38,9 +37,6 @@ READ_THREADS = 16
 READ_BATCH_ITEMS = 16
 #: Chunk of one asset read, in pixels: a whole 384×768 tile in one request per asset and item.
 READ_CHUNK = 1024
-#: GDAL's own retries of transient HTTP errors (429, 5xx) per request, and its first delay in seconds.
-GDAL_HTTP_MAX_RETRY = 3
-GDAL_HTTP_RETRY_DELAY_S = 1
 #: Chunks of these errors are never turned into no-data (stackstac turns 404s into no-data by default).
 NO_ERRORS_AS_NODATA: tuple[Exception, ...] = ()
 _URL_IN_MESSAGE = re.compile(r"'([^']+)'")
@@ -70,16 +66,34 @@ class Grid:
         return self.bounds[3] - (np.arange(self.shape[0]) + 0.5) * self.resolution
 
 
-def gdal_env() -> Any:
-    """stackstac's GDAL settings plus GDAL's own retries of transient HTTP errors."""
+def gdal_env(retries: int, backoff_s: float) -> Any:
+    """stackstac's GDAL settings plus GDAL's own retries of transient HTTP errors (429, 5xx), with the
+    same count and first delay as ours."""
     import stackstac
 
     return stackstac.DEFAULT_GDAL_ENV.updated(
-        always={"GDAL_HTTP_MAX_RETRY": GDAL_HTTP_MAX_RETRY, "GDAL_HTTP_RETRY_DELAY": GDAL_HTTP_RETRY_DELAY_S}
+        always={"GDAL_HTTP_MAX_RETRY": retries, "GDAL_HTTP_RETRY_DELAY": backoff_s}
     )
 
 
-def stack(
+@dataclass(frozen=True)
+class Retry:
+    """How failed reads are retried: ``retries`` more attempts, waiting ``backoff_s``, then twice that, ..."""
+
+    retries: int
+    backoff_s: float
+    sleep: Callable[[float], None] = time.sleep
+
+
+def _asset_of(url: str, items: Sequence[pystac.Item]) -> str:
+    for item in items:
+        for key, asset in item.assets.items():
+            if asset.href == url:
+                return f"asset {key!r} of item {item.id!r} ({url})"
+    return f"asset {url}"
+
+
+def read(
     items: Sequence[pystac.Item],
     assets: Sequence[str],
     grid: Grid,
@@ -87,12 +101,18 @@ def stack(
     dtype: np.dtype,
     fill_value: float | int,
     resampling: str,
-) -> xr.DataArray:
-    """Lazy (item, asset, y, x) array of ``assets`` of ``items`` on ``grid`` (stackstac)."""
+    retry: Retry,
+) -> np.ndarray:
+    """(item, asset, y, x) array of ``assets`` of ``items`` on ``grid``, read with stackstac.
+
+    A failed read is retried with exponential back-off; after the last retry, :class:`AssetReadError`
+    names the asset and item.
+    """
+    import dask
     import stackstac
     from rasterio.enums import Resampling
 
-    arr = stackstac.stack(
+    lazy = stackstac.stack(
         list(items),
         assets=list(assets),
         epsg=grid.epsg,
@@ -108,50 +128,28 @@ def stack(
         xy_coords="center",
         properties=False,
         band_coords=False,
-        gdal_env=gdal_env(),
+        gdal_env=gdal_env(retry.retries, retry.backoff_s),
         errors_as_nodata=NO_ERRORS_AS_NODATA,
     )
-    if arr.shape[-2:] != grid.shape:
-        raise AssertionError(f"stackstac grid {arr.shape[-2:]} differs from the tile grid {grid.shape}")
-    return arr
-
-
-def _asset_of(url: str, items: Sequence[pystac.Item]) -> str:
-    for item in items:
-        for key, asset in item.assets.items():
-            if asset.href == url:
-                return f"asset {key!r} of item {item.id!r} ({url})"
-    return f"asset {url}"
-
-
-def compute(
-    arr: xr.DataArray,
-    items: Sequence[pystac.Item],
-    *,
-    retries: int,
-    backoff_s: float,
-    sleep: Callable[[float], None] = time.sleep,
-) -> np.ndarray:
-    """Read a lazy stack, retrying failed reads with exponential back-off; then name the failing asset."""
-    import dask
-
+    if lazy.shape[-2:] != grid.shape:
+        raise AssertionError(f"stackstac grid {lazy.shape[-2:]} differs from the tile grid {grid.shape}")
     attempt = 0
     while True:
         try:
             with dask.config.set(scheduler="threads", num_workers=READ_THREADS):
-                return np.asarray(arr.compute().values)
+                return np.asarray(lazy.compute().values)
         except (RuntimeError, OSError) as err:
-            if attempt >= retries:
+            if attempt >= retry.retries:
                 message = str(err)
                 url = _URL_IN_MESSAGE.search(message)
                 what = _asset_of(url.group(1), items) if url else "an asset"
                 raise AssetReadError(
-                    f"could not read {what} after {retries} retries with back-off: {message[:300]}; check "
-                    "that the file exists and is reachable (signed URLs expire: rerun to re-sign)"
+                    f"could not read {what} after {retry.retries} retries with back-off: {message[:300]}; "
+                    "check that the file exists and is reachable (signed URLs expire: rerun to re-sign)"
                 ) from err
-            delay = backoff_s * 2**attempt
+            delay = retry.backoff_s * 2**attempt
             log.warning("read failed (%s); retrying in %.1f s", str(err)[:200], delay)
-            sleep(delay)
+            retry.sleep(delay)
             attempt += 1
 
 
@@ -186,16 +184,16 @@ class S2Day:
     scl: np.ndarray | None  # (y, x) uint8, 0 = no data
 
 
-def _batches(days: Sequence[Sequence[pystac.Item]], per_batch: int) -> list[list[int]]:
-    """Consecutive day indices grouped so each batch reads at most ``per_batch`` items (whole days)."""
-    batches: list[list[int]] = [[]]
+def _batches(groups: Sequence[Sequence[pystac.Item]], per_batch: int) -> list[list[int]]:
+    """Consecutive group indices batched so each batch reads at most ``per_batch`` items (whole groups)."""
+    batches: list[list[int]] = [[]] if groups else []
     count = 0
-    for k, day in enumerate(days):
-        if batches[-1] and count + len(day) > per_batch:
+    for k, group in enumerate(groups):
+        if batches[-1] and count + len(group) > per_batch:
             batches.append([])
             count = 0
         batches[-1].append(k)
-        count += len(day)
+        count += len(group)
     return batches
 
 
@@ -207,9 +205,7 @@ def load_s2_days(
     *,
     with_scl: bool,
     resampling: str,
-    retries: int,
-    backoff_s: float,
-    sleep: Callable[[float], None] = time.sleep,
+    retry: Retry,
     on_batch: Callable[[int, int], None] | None = None,
 ) -> list[S2Day]:
     """Read and mosaic S2 days (each a list of items of one date, preferred first).
@@ -219,7 +215,8 @@ def load_s2_days(
     """
     keys = [profile.band_asset(b) for b in bands]
     scl_key = profile.scl_asset if with_scl else None
-    # SCL is a class map: with any other resampling than nearest it needs its own (nearest) stack.
+    uint16 = {"dtype": np.dtype("uint16"), "fill_value": np.uint16(0), "retry": retry}
+    # SCL is a class map: read with nearest always, in the same stack when the bands use nearest too.
     scl_apart = scl_key is not None and resampling != "nearest"
     if scl_key is not None and not scl_apart:
         keys = [*keys, scl_key]
@@ -227,40 +224,21 @@ def load_s2_days(
     batches = _batches(days, READ_BATCH_ITEMS)
     for b, batch in enumerate(batches):
         items = [item for k in batch for item in days[k]]
-        data = compute(
-            stack(
-                items, keys, grid, dtype=np.dtype("uint16"), fill_value=np.uint16(0), resampling=resampling
-            ),
-            items,
-            retries=retries,
-            backoff_s=backoff_s,
-            sleep=sleep,
-        )
+        data = read(items, keys, grid, resampling=resampling, **uint16)  # type: ignore[arg-type]
+        scl_data = None
         if scl_apart:
-            scl_data = compute(
-                stack(
-                    items,
-                    [scl_key],
-                    grid,
-                    dtype=np.dtype("uint16"),
-                    fill_value=np.uint16(0),  # type: ignore[list-item]
-                    resampling="nearest",
-                ),
-                items,
-                retries=retries,
-                backoff_s=backoff_s,
-                sleep=sleep,
-            )
+            scl_data = read(items, [scl_key], grid, resampling="nearest", **uint16)  # type: ignore[arg-type, list-item]
         elif scl_key is not None:
             data, scl_data = data[:, :-1], data[:, -1:]
         first = 0
         for k in batch:
             n = len(days[k])
-            refl = np.stack(
-                [remove_boa_offset(data[first + i], profile.boa_offset(days[k][i])[0]) for i in range(n)]
-            )
+            offsets = [profile.boa_offset(item)[0] for item in days[k]]
+            refl = np.stack([remove_boa_offset(data[first + i], offsets[i]) for i in range(n)])
             valid = (refl > 0).all(axis=1)
-            scl = first_valid(scl_data[first : first + n], valid)[0].astype(np.uint8) if scl_key else None
+            scl = None
+            if scl_data is not None:
+                scl = first_valid(scl_data[first : first + n], valid)[0].astype(np.uint8)
             out.append(S2Day(reflectance=first_valid(refl, valid), scl=scl))
             first += n
         if on_batch is not None:
@@ -281,9 +259,7 @@ def load_s1_passes(
     profile: CatalogProfile,
     *,
     resampling: str,
-    retries: int,
-    backoff_s: float,
-    sleep: Callable[[float], None] = time.sleep,
+    retry: Retry,
     on_batch: Callable[[int, int], None] | None = None,
 ) -> list[np.ndarray]:
     """(polarization, y, x) float32 dB of each S1 pass, its slices mosaicked (first valid)."""
@@ -292,19 +268,14 @@ def load_s1_passes(
     batches = _batches(passes, READ_BATCH_ITEMS)
     for b, batch in enumerate(batches):
         items = [item for k in batch for item in passes[k]]
-        data = compute(
-            stack(
-                items,
-                keys,
-                grid,
-                dtype=np.dtype("float32"),
-                fill_value=np.float32(np.nan),
-                resampling=resampling,
-            ),
+        data = read(
             items,
-            retries=retries,
-            backoff_s=backoff_s,
-            sleep=sleep,
+            keys,
+            grid,
+            dtype=np.dtype("float32"),
+            fill_value=np.float32(np.nan),
+            resampling=resampling,
+            retry=retry,
         )
         if profile.s1_linear:
             data = to_db(data)
@@ -312,10 +283,9 @@ def load_s1_passes(
             data = np.where(data == profile.s1_nodata, np.nan, data).astype(np.float32)
         first = 0
         for k in batch:
-            n = len(passes[k])
-            part = data[first : first + n]
+            part = data[first : first + len(passes[k])]
             out.append(first_valid(part, np.isfinite(part).all(axis=1)))
-            first += n
+            first += len(passes[k])
         if on_batch is not None:
             on_batch(b + 1, len(batches))
     return out

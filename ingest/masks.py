@@ -6,6 +6,7 @@ offset removed, 0 = no data) and return ``mask`` values of :class:`tiler.store.M
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -87,7 +88,8 @@ def refine_bright(
     clear = mask == MaskClass.CLEAR
     clear_blue = np.where(clear, blue, np.nan)
     n_clear = clear.sum(axis=0)
-    with np.errstate(all="ignore"):
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "All-NaN slice", RuntimeWarning)  # pixels never clear: no median
         median = np.nanmedian(np.where(n_clear >= BRIGHT_MIN_CLEAR_DATES, clear_blue, np.nan), axis=0)
     too_bright = (blue > BRIGHT_BLUE) | (blue > median[None] + BRIGHT_ABOVE_MEDIAN)
     if snow is not None:

@@ -21,10 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pystac
+import shapely
 from pyproj import Transformer
 from shapely.geometry import box, mapping
-from shapely.ops import transform as shapely_transform
 
 from ingest.catalogs import BAND_RESOLUTION, PROFILES, CatalogProfile
 from ingest.config import TileBox
@@ -143,7 +144,9 @@ def _footprint(record: dict[str, Any]) -> tuple[dict[str, Any], list[float]]:
     height, width = asset["shape"]
     outline = box(c, f + e * height, c + a * width, f)
     to_lonlat = Transformer.from_crs(int(record["epsg"]), 4326, always_xy=True)
-    polygon = shapely_transform(to_lonlat.transform, outline.segmentize(a * 4))
+    polygon = shapely.transform(
+        outline.segmentize(a * 4), lambda xy: np.column_stack(to_lonlat.transform(xy[:, 0], xy[:, 1]))
+    )
     return mapping(polygon), [round(v, 9) for v in polygon.bounds]
 
 

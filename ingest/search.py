@@ -78,7 +78,10 @@ class StacApiSource:
                 raise_on_status=False,
             )
             stac_io = StacApiIO(headers=self._headers, max_retries=retry, timeout=self._timeout_s)
-            self._client = self._guard(lambda: Client.open(self.url, stac_io=stac_io), "open the catalogue")
+            # Client.open resets its StacApiIO's timeout to its own argument: pass it to both.
+            self._client = self._guard(
+                lambda: Client.open(self.url, stac_io=stac_io, timeout=self._timeout_s), "open the catalogue"
+            )
         return self._client
 
     def _guard(self, call: Callable[[], T], what: str) -> T:
@@ -88,16 +91,14 @@ class StacApiSource:
 
         try:
             return call()
-        except APIError as err:
+        except (APIError, requests.RequestException) as err:
             status = getattr(err, "status_code", None)
+            detail = (
+                f"HTTP {status}: {str(err)[:200]}" if status else f"{type(err).__name__}: {str(err)[:300]}"
+            )
             raise CatalogError(
-                f"{self.description}: could not {what}: HTTP {status} after {self._retries} retries "
-                f"({str(err)[:200]}); check the URL or retry later (--retries raises the attempts)"
-            ) from err
-        except requests.RequestException as err:
-            raise CatalogError(
-                f"{self.description}: could not {what} after {self._retries} retries with back-off: "
-                f"{type(err).__name__}: {str(err)[:200]}; check the URL and the network, or retry later"
+                f"{self.description}: could not {what} after {self._retries} retries with back-off "
+                f"({detail}); check the URL and the network, or retry later (--retries raises the attempts)"
             ) from err
 
     def search(self, collection: str, bbox: BBox, start: dt.date, end: dt.date) -> list[pystac.Item]:
@@ -123,7 +124,7 @@ class ItemCollectionSource:
         self.description = f"ItemCollection {self.path}"
         try:
             self._items = list(pystac.ItemCollection.from_file(str(self.path)))
-        except (OSError, ValueError, KeyError, pystac.STACError) as err:
+        except (OSError, ValueError, KeyError, TypeError, pystac.STACError, pystac.STACTypeError) as err:
             raise CatalogError(
                 f"{self.description}: cannot read it as a STAC ItemCollection ({err}); write one with "
                 "`stac-client search URL ... > items.json`"
