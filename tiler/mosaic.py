@@ -58,7 +58,6 @@ from tiler.errors import (
 from tiler.grid import DEFAULT_OVERLAP, DEFAULT_RESOLUTION, DEFAULT_TILE_SIZE, TileRef
 from tiler.quality import QUALITY_NODATA, clear_distance_days
 from tiler.store import (
-    COMPRESSOR,
     DECLOUDED,
     MASK,
     S2_NODATA,
@@ -92,6 +91,12 @@ BANDS_ATTR = "mosaic_bands"
 DATES_PER_BATCH = 4
 RAMPS = ("cosine", "linear")
 Ramp = Literal["cosine", "linear"]
+#: Blosc-zstd at level 1 with bit shuffle. Measured on real Sentinel-2 here (eo-box L1C cells, the
+#: WorldCereal L2A series): as small as level 5 (the tile store's) within 3 %, and 3× faster to write,
+#: which is what bounds a region's speed.
+MOSAIC_COMPRESSOR = zarr.codecs.BloscCodec(
+    cname="zstd", clevel=1, shuffle=zarr.codecs.BloscShuffle.bitshuffle
+)
 #: Two pixel edges closer than this (metres) are the same edge: coordinates go through float64 sums.
 GRID_TOLERANCE_M = 1e-3
 #: Day numbers of the time axis: calendar days (UTC) since the epoch.
@@ -528,10 +533,14 @@ def _encoding(grid: MosaicGrid, n_band: int) -> dict[str, dict[str, Any]]:
     return {
         DECLOUDED: {
             "chunks": (1, n_band, cell_h, cell_w),
-            "compressors": (COMPRESSOR,),
+            "compressors": (MOSAIC_COMPRESSOR,),
             "fill_value": S2_NODATA,
         },
-        QUALITY: {"chunks": (1, cell_h, cell_w), "compressors": (COMPRESSOR,), "fill_value": QUALITY_NODATA},
+        QUALITY: {
+            "chunks": (1, cell_h, cell_w),
+            "compressors": (MOSAIC_COMPRESSOR,),
+            "fill_value": QUALITY_NODATA,
+        },
         REGION_EXPECTED: {"chunks": (grid.n_rows, grid.n_cols), "fill_value": 0},
         REGION_WRITTEN: {"chunks": (1, 1), "fill_value": 0},
     }

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import tempfile
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC
 from pathlib import Path
@@ -161,15 +162,17 @@ def write_cogs(
                     dst.write(block, window=window)
                 for i, band in enumerate(bands, start=1):
                     dst.set_band_description(i, band)
-            cog_translate(
-                staging,
-                cog,
-                COG_PROFILE,
-                nodata=S2_NODATA,
-                overview_resampling="average",
-                quiet=True,
-                additional_cog_metadata={"DATE": day, "SOURCE": mosaic_url},
-            )
+            with warnings.catch_warnings():  # rio-cogeo's own use of a deprecated affine operator
+                warnings.simplefilter("ignore", PendingDeprecationWarning)
+                cog_translate(
+                    staging,
+                    cog,
+                    COG_PROFILE,
+                    nodata=S2_NODATA,
+                    overview_resampling="average",
+                    quiet=True,
+                    additional_cog_metadata={"DATE": day, "SOURCE": mosaic_url},
+                )
             valid, errors, _ = cog_validate(cog, quiet=True)
             if not valid:
                 raise MosaicError(f"COG for {day} failed validation: {errors}")
