@@ -304,7 +304,9 @@ def write_tile(
         var.encoding = {}
     # Variable-length UTF-8 strings: the one string type the Zarr v3 spec defines (numpy's fixed-width
     # '<U3' has none, and other Zarr readers may not read it).
-    out = out.assign_coords({c: out[c].astype(object) for c in ("band", "polarization") if c in out.coords})
+    out = out.assign_coords(
+        {c: out[c].astype(object) for c in ("band", "polarization") if c in out.coords}
+    )
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*Consolidated metadata.*")
         warnings.filterwarnings("ignore", message=".*vlen-utf8.*")
