@@ -95,8 +95,8 @@ class CatalogProfile:
 
     def sign(self, item: pystac.Item) -> pystac.Item:
         """Signed copy of ``item`` for catalogues that need it (a no-op for every host but PC's blobs)."""
-        if not self.signed:
-            return item
+        if not self.signed or not any(_on_blob_storage(a.href) for a in item.assets.values()):
+            return item  # what planetary_computer.sign does for other hosts, without its deep copy
         import planetary_computer
 
         # The subscription key (PC_SDK_SUBSCRIPTION_KEY) is optional and read by the SDK from the
@@ -117,6 +117,14 @@ class CatalogProfile:
         if parse_baseline(baseline, item.id) >= BOA_OFFSET_BASELINE:
             return BOA_ADD_OFFSET_DN, f"processing baseline {baseline} >= 04.00"
         return 0, f"processing baseline {baseline} < 04.00"
+
+
+#: Planetary Computer serves its assets from Azure blob storage: only such hrefs need a SAS token.
+PC_BLOB_HOST_SUFFIX = ".blob.core.windows.net"
+
+
+def _on_blob_storage(href: str) -> bool:
+    return (urlparse(href).hostname or "").endswith(PC_BLOB_HOST_SUFFIX)
 
 
 def parse_baseline(value: Any, item_id: str) -> tuple[int, int]:

@@ -159,6 +159,8 @@ def first_valid(data: np.ndarray, valid: np.ndarray) -> np.ndarray:
     One source item per pixel for every band (and SCL), so the mask describes the very reflectance it
     sits on; stackstac.mosaic would pick per band, which can mix items at footprint edges.
     """
+    if data.shape[0] == 1:
+        return data[0]
     pick = np.argmax(valid, axis=0)[None, None]
     return np.take_along_axis(data, pick, axis=0)[0]
 
@@ -248,9 +250,11 @@ def load_s2_days(
 
 def to_db(linear: np.ndarray) -> np.ndarray:
     """Backscatter power to dB; non-positive values (no signal, fill) become NaN."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        db = 10.0 * np.log10(linear)
-    return np.where(np.isfinite(db) & (linear > 0), db, np.nan).astype(np.float32)
+    positive = linear > 0
+    db = np.full(linear.shape, np.nan, dtype=np.float32)
+    np.log10(linear, out=db, where=positive)
+    db[positive] *= 10.0
+    return db
 
 
 def load_s1_passes(

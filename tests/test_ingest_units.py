@@ -22,7 +22,7 @@ from ingest.catalogs import (
 from ingest.config import IngestConfig, TileBox, lonlat_bounds
 from ingest.errors import CatalogError, CatalogMismatchError, IngestConfigError
 from ingest.load import first_valid, remove_boa_offset, to_db
-from ingest.masks import dilate, fallback_mask, refine_bright, scl_to_mask
+from ingest.masks import clear_median, dilate, fallback_mask, refine_bright, scl_to_mask
 from ingest.pairing import group_acquisitions, pair_s1
 from ingest.sample import SAMPLE_DIR, build_item, load_site, sample_items
 from ingest.search import ItemCollectionSource
@@ -381,3 +381,13 @@ def test_build_item_sets_grid_of_each_asset() -> None:
     assert item.assets["B02"].extra_fields["proj:shape"] == [64, 64]
     assert item.assets["B05"].extra_fields["proj:shape"] == [32, 32]
     assert item.assets["B05"].extra_fields["proj:transform"][0] == 20.0
+
+
+@pytest.mark.filterwarnings("ignore:All-NaN slice:RuntimeWarning")
+def test_clear_median_equals_nanmedian() -> None:
+    rng = np.random.default_rng(3)
+    values = rng.integers(1, 10_000, size=(9, 20, 30)).astype(np.uint16)
+    clear = rng.random((9, 20, 30)) < 0.5
+    clear[:, 0, 0] = False  # a pixel never clear
+    expected = np.nanmedian(np.where(clear, values.astype(np.float64), np.nan), axis=0)
+    np.testing.assert_array_equal(clear_median(values, clear), expected)
