@@ -145,6 +145,65 @@ def ingest_tile(
     """
     started = time.perf_counter()
     notify = progress or (lambda event: None)
+    _refuse_early(tile, out_url, storage_options, overwrite)
+    report = _Report()
+    grid = Grid.of(tile)
+    bbox = lonlat_bounds(tile)
+    longitude = (bbox[0] + bbox[2]) / 2
+    reads = Retry(config.retries, config.backoff_s, sleep)
+    s2_source = searcher or open_source(
+        config.catalog, retries=config.retries, backoff_s=config.backoff_s, timeout_s=config.timeout_s
+    )
+    s1_source = s1_searcher or (
+        s2_source
+        if config.s1_catalog is None
+        else open_source(
+            config.s1_source, retries=config.retries, backoff_s=config.backoff_s, timeout_s=config.timeout_s
+        )
+    )
+
+    profile, days = _search_s2(tile, s2_source, bbox, longitude, config, report, notify)
+    s1_profile, s1_collection, acquisitions = _search_s1(s1_source, bbox, longitude, config, report, notify)
+    days, s2, mask = _read_s2(tile, days, grid, profile, config, reads, report, notify)
+    times = np.array([_day_time(day) for day in days], dtype="datetime64[ns]")
+    pairing = pair_s1(times, acquisitions, window_days=config.s1_window_days, orbit=config.s1_orbit)
+    s1, pairing = _read_s1(pairing, acquisitions, grid, s1_profile, config, report, notify, reads)
+    _warn_without_s1(tile, pairing, acquisitions, s1_source, s1_collection, config, report)
+
+    notify(ProgressEvent("write", 0, 1, out_url))
+    ds = make_tile(
+        s2=s2,
+        s1=s1,
+        mask=mask,
+        time=times,
+        s1_time=pairing.s1_time,
+        bands=config.bands,
+        x=grid.x,
+        y=grid.y,
+        epsg=grid.epsg,
+        tile_id=tile.tile_id,
+        item_ids=[",".join(i.id for i in day) for day in days],
+        attrs=_attrs(config, profile, s1_collection, pairing, acquisitions, days),
+    )
+    write_tile(ds, out_url, overwrite=overwrite, storage_options=storage_options, name=tile.tile_id)
+    notify(ProgressEvent("write", 1, 1, out_url))
+    return IngestSummary(
+        tile_id=tile.tile_id,
+        out_url=out_url,
+        catalog=s2_source.description,
+        profile=profile.name,
+        s1_orbit=pairing.orbit,
+        dates=_date_summaries(days, times, mask, profile, pairing, acquisitions),
+        skipped=tuple(report.skipped),
+        warnings=tuple(report.warnings),
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _refuse_early(
+    tile: TileTarget, out_url: str, storage_options: Mapping[str, Any] | None, overwrite: bool
+) -> None:
+    """Bad bounds and an existing output are refused before any request."""
     validate_target(tile)
     status = tile_status(out_url, storage_options)
     if status != "missing" and not overwrite:
@@ -152,22 +211,25 @@ def ingest_tile(
             f"tile {tile.tile_id!r}: output {out_url!r} already exists ({status}); pass overwrite=True "
             "(CLI: --overwrite) to replace it"
         )
-    report = _Report()
-    grid = Grid.of(tile)
-    bbox = lonlat_bounds(tile)
-    longitude = (bbox[0] + bbox[2]) / 2
-    retry = {"retries": config.retries, "backoff_s": config.backoff_s}
-    reads = Retry(config.retries, config.backoff_s, sleep)
 
-    # 1. Sentinel-2: search, recognise the catalogue, drop what cannot or should not be used.
-    s2_source = searcher or open_source(config.catalog, timeout_s=config.timeout_s, **retry)
+
+def _search_s2(
+    tile: TileTarget,
+    source: ItemSource,
+    bbox: tuple[float, float, float, float],
+    longitude: float,
+    config: IngestConfig,
+    report: _Report,
+    notify: ProgressCallback,
+) -> tuple[CatalogProfile, list[list[pystac.Item]]]:
+    """S2 items of the tile and period, the catalogue's profile, usable items grouped into days."""
     named = config.resolved_profile()
     collection = config.s2_collection_for(named)
-    notify(ProgressEvent("search", 0, 2, f"{collection} in {s2_source.description}"))
-    found = s2_source.search(collection, bbox, config.start, config.end)
+    notify(ProgressEvent("search", 0, 2, f"{collection} in {source.description}"))
+    found = source.search(collection, bbox, config.start, config.end)
     if not found:
         raise NoS2ItemsError(
-            f"tile {tile.tile_id!r}: no {collection} items in {s2_source.description} between "
+            f"tile {tile.tile_id!r}: no {collection} items in {source.description} between "
             f"{config.start} and {config.end}; widen the period or check the collection and bounds "
             "(nothing was written)"
         )
@@ -180,24 +242,40 @@ def ingest_tile(
             + "; ".join(f"{s.item_id}: {s.reason}" for s in report.skipped[:5])
             + "); raise --max-cloud or widen the period (nothing was written)"
         )
-    days = _group_days(items, profile, longitude)
+    return profile, _group_days(items, profile, longitude)
 
-    # 2. Sentinel-1: search around the period, group slices into passes, pair one orbit direction.
-    s1_profile = config.resolved_profile(s1=True) or PLANETARY_COMPUTER
-    s1_collection = config.s1_collection_for(config.resolved_profile(s1=True))
-    s1_source = s1_searcher or (
-        s2_source
-        if config.s1_catalog is None
-        else open_source(config.s1_source, timeout_s=config.timeout_s, **retry)
-    )
-    notify(ProgressEvent("search", 1, 2, f"{s1_collection} in {s1_source.description}"))
+
+def _search_s1(
+    source: ItemSource,
+    bbox: tuple[float, float, float, float],
+    longitude: float,
+    config: IngestConfig,
+    report: _Report,
+    notify: ProgressCallback,
+) -> tuple[CatalogProfile, str, list[S1Acquisition]]:
+    """S1 passes around the period (widened by the pairing window), in the S1 catalogue's conventions."""
+    named = config.resolved_profile(s1=True)
+    profile = named or PLANETARY_COMPUTER
+    collection = config.s1_collection_for(named)
+    notify(ProgressEvent("search", 1, 2, f"{collection} in {source.description}"))
     margin = dt.timedelta(days=math.ceil(config.s1_window_days))
-    s1_found = s1_source.search(s1_collection, bbox, config.start - margin, config.end + margin)
-    s1_items = [s1_profile.sign(i) for i in _usable_s1(s1_found, s1_profile, report)]
-    acquisitions = group_acquisitions(s1_items, longitude=longitude)
-    notify(ProgressEvent("search", 2, 2, f"{len(items)} S2 items, {len(s1_items)} S1 items"))
+    found = source.search(collection, bbox, config.start - margin, config.end + margin)
+    items = [profile.sign(i) for i in _usable_s1(found, profile, report)]
+    notify(ProgressEvent("search", 2, 2, f"{len(items)} S1 items"))
+    return profile, collection, group_acquisitions(items, longitude=longitude)
 
-    # 3. Read S2 day by day (same-day items mosaicked, BOA offset removed), then the masks.
+
+def _read_s2(
+    tile: TileTarget,
+    days: list[list[pystac.Item]],
+    grid: Grid,
+    profile: CatalogProfile,
+    config: IngestConfig,
+    reads: Retry,
+    report: _Report,
+    notify: ProgressCallback,
+) -> tuple[list[list[pystac.Item]], np.ndarray, np.ndarray]:
+    """Read the days (mosaicked, offset removed); drop days without data over the tile; mask the rest."""
     s2_days = load_s2_days(
         days,
         grid,
@@ -214,20 +292,26 @@ def ingest_tile(
             report.skip(item, "no valid pixel over the tile (its footprint misses the tile)")
     if not keep:
         raise NoS2ItemsError(
-            f"tile {tile.tile_id!r}: {len(items)} S2 items were found but none has valid pixels over the "
-            "tile; check the bounds and their EPSG (nothing was written)"
+            f"tile {tile.tile_id!r}: {sum(map(len, days))} S2 items were found but none has valid pixels "
+            "over the tile; check the bounds and their EPSG (nothing was written)"
         )
-    days = [days[k] for k in keep]
     s2 = np.stack([s2_days[k].reflectance for k in keep])
     mask = _masks(s2, [s2_days[k].scl for k in keep], config)
-    times = np.array([_day_time(day) for day in days], dtype="datetime64[ns]")
+    return [days[k] for k in keep], s2, mask
 
-    # 4. Read the S1 passes paired with the kept dates.
-    pairing = pair_s1(times, acquisitions, window_days=config.s1_window_days, orbit=config.s1_orbit)
-    s1, pairing = _load_s1(pairing, acquisitions, grid, s1_profile, config, report, notify, reads)
+
+def _warn_without_s1(
+    tile: TileTarget,
+    pairing: Pairing,
+    acquisitions: Sequence[S1Acquisition],
+    source: ItemSource,
+    collection: str,
+    config: IngestConfig,
+    report: _Report,
+) -> None:
     if not acquisitions:
         report.warn(
-            f"tile {tile.tile_id!r}: no Sentinel-1 item in {s1_source.description} ({s1_collection}); "
+            f"tile {tile.tile_id!r}: no Sentinel-1 item in {source.description} ({collection}); "
             "s1 is all NaN: fit this tile with noise input (declouder fit --input noise)"
         )
     elif pairing.n_paired == 0:
@@ -235,36 +319,6 @@ def ingest_tile(
             f"tile {tile.tile_id!r}: no Sentinel-1 pass within ±{config.s1_window_days:g} days of any "
             "S2 date; s1 is all NaN (widen --s1-window or fit with noise input)"
         )
-
-    # 5. Write the tile store (marked complete only once every chunk is written).
-    notify(ProgressEvent("write", 0, 1, out_url))
-    ds = make_tile(
-        s2=s2,
-        s1=s1,
-        mask=mask,
-        time=times,
-        s1_time=pairing.s1_time,
-        bands=config.bands,
-        x=grid.x,
-        y=grid.y,
-        epsg=grid.epsg,
-        tile_id=tile.tile_id,
-        item_ids=[",".join(i.id for i in day) for day in days],
-        attrs=_attrs(config, profile, s1_collection, collection, pairing, acquisitions, days),
-    )
-    write_tile(ds, out_url, overwrite=overwrite, storage_options=storage_options, name=tile.tile_id)
-    notify(ProgressEvent("write", 1, 1, out_url))
-    return IngestSummary(
-        tile_id=tile.tile_id,
-        out_url=out_url,
-        catalog=s2_source.description,
-        profile=profile.name,
-        s1_orbit=pairing.orbit,
-        dates=_date_summaries(days, times, mask, s2, profile, pairing, acquisitions),
-        skipped=tuple(report.skipped),
-        warnings=tuple(report.warnings),
-        seconds=time.perf_counter() - started,
-    )
 
 
 def _usable_s2(
@@ -337,7 +391,7 @@ def _masks(s2: np.ndarray, scl: Sequence[np.ndarray | None], config: IngestConfi
     return mask
 
 
-def _load_s1(
+def _read_s1(
     pairing: Pairing,
     acquisitions: Sequence[S1Acquisition],
     grid: Grid,
@@ -379,7 +433,6 @@ def _attrs(
     config: IngestConfig,
     profile: CatalogProfile,
     s1_collection: str,
-    s2_collection: str,
     pairing: Pairing,
     acquisitions: Sequence[S1Acquisition],
     days: Sequence[Sequence[pystac.Item]],
@@ -388,7 +441,7 @@ def _attrs(
     return {
         "source": "declouder ingest",
         "catalog_profile": profile.name,
-        "s2_collection": s2_collection,
+        "s2_collection": config.s2_collection_for(profile),
         "s1_collection": s1_collection,
         "s1_orbit": pairing.orbit or "none",
         "s1_item_ids": json.dumps([list(acquisitions[j].item_ids) if j >= 0 else [] for j in pairing.index]),
@@ -401,7 +454,6 @@ def _date_summaries(
     days: Sequence[Sequence[pystac.Item]],
     times: np.ndarray,
     mask: np.ndarray,
-    s2: np.ndarray,
     profile: CatalogProfile,
     pairing: Pairing,
     acquisitions: Sequence[S1Acquisition],
