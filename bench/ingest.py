@@ -23,7 +23,7 @@ here each file is the tile's extent, so the numbers leave out reading a window o
 
 Printed, all measured in this one process on this machine (files in the page cache for every run):
 
-- ingest: seconds per tile (and per date), split into search / S2 read / S1 read / masks+write;
+- ingest: seconds per tile (and per date), split into search / S2 read / masks / S1 read / write;
 - the bytes of all COGs it read, as MB/s over the ingest time;
 - baselines: raw read of the same files (``read_bytes``), and rasterio decode of every COG in full
   (no STAC, no stackstac, no mosaic, no write); ratios ingest / raw and ingest / decode.
@@ -269,8 +269,9 @@ def main() -> None:
             phases = {
                 "search": marks["search"] - t0,
                 "s2 read": marks["s2"] - marks["search"],
-                "s1 read": marks["s1"] - marks["s2"],
-                "masks+write": marks["write"] - marks["s1"],
+                "masks": marks["masks"] - marks["s2"],
+                "s1 read": marks["s1"] - marks["masks"],
+                "write": marks["write"] - marks["s1"],
             }
             runs.append(total)
             split = ", ".join(f"{k} {v:.2f}" for k, v in phases.items())

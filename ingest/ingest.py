@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ProgressEvent:
-    """One step of an ingest: ``step`` is search, s2, s1 or write; ``done`` of ``total`` units."""
+    """One step of an ingest: ``step`` is search, s2, masks, s1 or write; ``done`` of ``total`` units."""
 
     step: str
     done: int
@@ -297,6 +297,7 @@ def _read_s2(
         )
     s2 = np.stack([s2_days[k].reflectance for k in keep])
     mask = _masks(s2, [s2_days[k].scl for k in keep], config)
+    notify(ProgressEvent("masks", 1, 1, f"{len(keep)} dates"))
     return [days[k] for k in keep], s2, mask
 
 
