@@ -276,3 +276,21 @@ def test_cli_reports_a_bad_area_in_one_line() -> None:
     assert result.returncode == 2
     assert "latitudes 85.000..86.000 reach beyond UTM" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--overlap", "400"], "overlap 400 px must be >= 0 and less than half the tile size"),
+        (["--tile-size", "384x768"], "option --tile-size: '384x768' must be HEIGHT,WIDTH"),
+    ],
+)
+def test_cli_refuses_a_bad_grid(option: list[str], message: str) -> None:
+    from typer.testing import CliRunner
+
+    from campaign.cli import app
+    from tiler.errors import DeclouderError
+
+    result = CliRunner().invoke(app, ["tiles", "4.3,50.8,4.5,50.9", *option])
+    assert isinstance(result.exception, DeclouderError)
+    assert message in str(result.exception)

@@ -417,6 +417,12 @@ def init_mosaic(
     )
     MosaicGrid.covering([*key_tiles, *parsed])  # refuses tiles or keys of another zone, naming them
     grid = MosaicGrid.covering(key_tiles, ramp=ramp)
+    status = tile_status(mosaic_url, storage_options)
+    if status != "missing" and not (resume or overwrite):  # refuse before reading any tile
+        raise OutputExistsError(
+            f"mosaic {mosaic_url!r} already exists ({status}); pass resume (keep written regions) or "
+            "overwrite (CLI: --resume / --overwrite)"
+        )
     fitted = []
     for done, (tile, url) in enumerate(sorted(parsed.items(), key=lambda item: item[0].tile_id)):
         fitted.append(read_fitted_tile(tile, url, storage_options=storage_options))
@@ -435,9 +441,8 @@ def init_mosaic(
     days = np.array(sorted({d for item in fitted for d in item.days}), dtype=np.int64)
     times = (days * DAY + np.datetime64(0, "D")).astype("datetime64[ns]")
 
-    status = tile_status(mosaic_url, storage_options)
     if status != "missing":
-        if resume:
+        if resume and not overwrite:
             existing = mosaic_info(mosaic_url, storage_options=storage_options)
             if existing.grid == grid and existing.bands == bands and np.array_equal(existing.times, times):
                 return existing
@@ -445,11 +450,8 @@ def init_mosaic(
                 f"mosaic {mosaic_url!r} exists with another template (grid, bands or dates differ from "
                 "these tiles); resume needs the same tiles: pass overwrite to start it again"
             )
-        if not overwrite:
-            raise OutputExistsError(
-                f"mosaic {mosaic_url!r} already exists ({status}); pass resume (keep written regions) or "
-                "overwrite (CLI: --resume / --overwrite)"
-            )
+        if status == "complete":  # a delete cut short must not leave a "complete" flag on half a store
+            _set_status(mosaic_url, STATUS_WRITING, storage_options)
         fs, path = fsspec.core.url_to_fs(mosaic_url, **dict(storage_options or {}))
         fs.rm(path, recursive=True)
 
@@ -641,9 +643,9 @@ def write_mosaic_region(
         weight = np.zeros_like(total)
         for item in contributors:
             item.add_weighted(batch, total, weight)
-        out = np.zeros(total.shape, dtype=np.uint16)
         has = weight > 0
-        out[has] = np.rint(total[has] / weight[has]).astype(np.uint16)
+        np.divide(total, weight, out=total, where=has)  # renormalise: weights of valid tiles sum to one
+        out = np.rint(total, out=total).astype(np.uint16)  # 0 (nodata) where no tile has data
         covered[t0 : t0 + len(batch)] = has.any(axis=1)
         present = has.any(axis=(1, 2, 3))
         dates_written += int(present.sum())
@@ -708,8 +710,10 @@ class _Contributor:
             (indices, slice(None), self.src_rows, self.src_cols)
         )
         for k, plane in zip(positions, values, strict=True):
-            w = np.where(plane != S2_NODATA, self.weights, np.float32(0))
-            total[k, :, self.cell_rows, self.cell_cols] += w * plane
+            valid = plane != S2_NODATA
+            # Most planes have no nodata at all: then the weights broadcast over the bands as they are.
+            w = self.weights if valid.all() else np.where(valid, self.weights, np.float32(0))
+            total[k, :, self.cell_rows, self.cell_cols] += plane * w
             weight[k, :, self.cell_rows, self.cell_cols] += w
 
     def add_clear(self, clear: np.ndarray, day_index: Mapping[int, int]) -> None:
