@@ -85,3 +85,17 @@ def s3_endpoint() -> Iterator[dict[str, object]]:
 def _quiet_threads() -> None:
     # Two cores here: keep torch from oversubscribing when Ray workers run beside the test process.
     os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+@pytest.fixture(autouse=True)
+def _torch_one_thread() -> Iterator[None]:
+    """One torch thread per test process: with several test runs sharing two cores, OpenMP threads spin
+    against each other and a small fit step runs ~10× slower with 2 threads than with 1."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -1,0 +1,160 @@
+"""Fit settings: one frozen, self-validating dataclass, and the named presets.
+
+``paper`` is Ebel et al.'s method as published (REFERENCE.md "Losses and schedule"); ``fast`` is the
+default, the best quality per unit of compute measured on the real sample (docs/fit.md has the
+numbers); ``smoke`` runs in seconds on a CPU, for tests and the demo's first look.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from fit.errors import FitConfigError
+from fit.masks import MaskRefinement
+
+InputKind = Literal["s1", "noise"]
+INPUT_KINDS: tuple[str, ...] = ("s1", "noise")
+LrDecay = Literal["none", "cosine"]
+
+#: Zhang et al.'s widths, down and up, one per level, and their 4-channel skips (REFERENCE.md).
+PAPER_CHANNELS: tuple[int, ...] = (16, 32, 64, 128, 128, 128)
+PAPER_SKIPS: tuple[int, ...] = (4, 4, 4, 4, 4, 4)
+#: The tile the cost figures are quoted for: the paper's N = 30 dates of 384×768 pixels.
+REFERENCE_TILE = "30 dates, 384x768 px, 13 bands"
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """Everything that decides what a fit computes (and so what it costs)."""
+
+    name: str = "custom"
+    # -- schedule (Ebel et al. Sec. 4, Zhang et al.'s inpainting_test.py) --
+    window: int = 5
+    stride: int = 1
+    passes: int = 20
+    iterations_per_window: int = 100
+    lr: float = 0.01
+    #: "cosine": anneal the learning rate over the whole schedule down to ``lr * lr_final_ratio``.
+    lr_decay: LrDecay = "none"
+    lr_final_ratio: float = 0.01
+    # -- loss --
+    perceptual_weight: float = 0.01
+    # -- network (Zhang et al. 2019) --
+    channels_down: tuple[int, ...] = PAPER_CHANNELS
+    channels_up: tuple[int, ...] = PAPER_CHANNELS
+    skip_channels: tuple[int, ...] = PAPER_SKIPS
+    # -- input --
+    input: InputKind = "s1"
+    #: Scale of the fixed Gaussian noise map of the ``noise`` ablation (Zhang: noise × 0.1).
+    noise_scale: float = 0.1
+    #: Std of fresh noise added to the input at every iteration (Deep Image Prior's option; 0 = off).
+    input_jitter: float = 0.0
+    #: Feed the per-pixel temporal linear interpolation of the clear observations as extra input
+    #: channels, and predict a correction to it rather than the image itself.
+    guide: bool = False
+    # -- masks and output --
+    masks: MaskRefinement = field(default_factory=MaskRefinement)
+    #: Keep the observed values where the (refined) mask is clear; the network fills only the rest.
+    keep_clear: bool = False
+    # -- cost, for planning campaigns (``declouder estimate``) --
+    seconds_per_tile_reference: float | None = None
+    reference_device: str | None = None
+
+    def __post_init__(self) -> None:
+        depth = len(self.channels_down)
+        checks = {
+            "window >= 1": self.window >= 1,
+            "1 <= stride <= window": 1 <= self.stride <= self.window,
+            "passes >= 1": self.passes >= 1,
+            "iterations_per_window >= 1": self.iterations_per_window >= 1,
+            "lr > 0": self.lr > 0,
+            "lr_decay in (none, cosine)": self.lr_decay in ("none", "cosine"),
+            "0 <= lr_final_ratio <= 1": 0 <= self.lr_final_ratio <= 1,
+            "perceptual_weight >= 0": self.perceptual_weight >= 0,
+            "at least one network level": depth >= 1,
+            "channels_up and skip_channels have one entry per level": (
+                len(self.channels_up) == depth and len(self.skip_channels) == depth
+            ),
+            "positive widths": min((*self.channels_down, *self.channels_up), default=0) >= 1
+            and min(self.skip_channels, default=0) >= 0,
+            f"input in {INPUT_KINDS}": self.input in INPUT_KINDS,
+            "noise_scale > 0": self.noise_scale > 0,
+            "input_jitter >= 0": self.input_jitter >= 0,
+            "seconds_per_tile_reference > 0 with its reference_device": (
+                self.seconds_per_tile_reference is None
+                or (self.seconds_per_tile_reference > 0 and bool(self.reference_device))
+            ),
+        }
+        broken = [rule for rule, ok in checks.items() if not ok]
+        if broken:
+            raise FitConfigError(f"fit settings {self.name!r} break: {'; '.join(broken)}")
+
+    @property
+    def depth(self) -> int:
+        return len(self.channels_down)
+
+    def n_windows(self, n_dates: int) -> int:
+        """Windows a series of ``n_dates`` is cut into (one window when it is shorter than ``window``)."""
+        from fit.schedule import windows
+
+        return len(windows(n_dates, self.window, self.stride))
+
+    def total_iterations(self, n_dates: int) -> int:
+        return self.passes * self.n_windows(n_dates) * self.iterations_per_window
+
+    def replace(self, **changes: Any) -> FitConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able settings, e.g. for a store's attributes."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> FitConfig:
+        values = dict(values)
+        masks = MaskRefinement(**values.pop("masks", {}))
+        for key in ("channels_down", "channels_up", "skip_channels"):
+            if key in values:
+                values[key] = tuple(values[key])
+        return cls(masks=masks, **values)
+
+
+PAPER = FitConfig(name="paper")
+
+SMOKE = FitConfig(
+    name="smoke",
+    passes=1,
+    iterations_per_window=1,
+    perceptual_weight=0.0,
+    channels_down=(8, 16, 16),
+    channels_up=(8, 16, 16),
+    skip_channels=(4, 4, 4),
+    keep_clear=True,
+)
+
+FAST = FitConfig(
+    name="fast",
+    passes=4,
+    iterations_per_window=10,
+    lr_decay="cosine",
+    perceptual_weight=0.0,
+    keep_clear=True,
+)
+
+#: The presets by name; ``fast`` is the default everywhere.
+PRESETS: dict[str, FitConfig] = {c.name: c for c in (PAPER, FAST, SMOKE)}
+DEFAULT_PRESET = "fast"
+
+
+def resolve_config(preset: str | FitConfig) -> FitConfig:
+    """A preset name or a ready :class:`FitConfig` -> the settings to fit with."""
+    if isinstance(preset, FitConfig):
+        return preset
+    try:
+        return PRESETS[preset]
+    except KeyError:
+        raise FitConfigError(
+            f"unknown preset {preset!r}: choose one of {', '.join(sorted(PRESETS))} (--preset)"
+        ) from None

@@ -1,0 +1,371 @@
+"""The in-memory fit: one tile's arrays in, its declouded series out. No I/O here.
+
+:func:`decloud` reads like the method: trust only refined-clear pixels, build the network's input (S1 or
+the noise ablation, optionally with a temporal-interpolation guide), fit one network to the tile's own
+clear pixels window by window, then take every date's output from the window it is centred in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import math
+import resource
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from fit.baselines import mosaic_mean, temporal_linear
+from fit.config import FitConfig
+from fit.errors import AllCloudyError, FitConfigError, FitInputError
+from fit.losses import PerceptualLoss, masked_l2
+from fit.masks import refine_masks
+from fit.network import EncoderDecoder3D, SpatialPlan, crop_spatial, pad_spatial, spatial_plan
+from fit.schedule import output_windows, visit_order, windows
+from fit.vgg import VGG16, load_vgg16
+from tiler.store import MaskClass
+
+#: S1 backscatter range of the paper's normalisation (dB), rescaled to [0, 1] (Ebel et al. Sec. 4).
+S1_DB_RANGE: tuple[float, float] = (-25.0, 0.0)
+#: Keeps logit(guide) finite where a guide reflectance is exactly 0 or 1.
+GUIDE_EPS = 1e-3
+#: How many progress events a fit sends at most (each one reads the loss back from the device).
+PROGRESS_EVENTS = 200
+#: Points of the loss curve kept in results and store attributes.
+LOSS_CURVE_POINTS = 200
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """Where a fit stands; sent to the ``progress`` callback at most :data:`PROGRESS_EVENTS` times."""
+
+    iteration: int
+    total: int
+    loss: float
+    pass_index: int
+    window: int
+    elapsed_s: float
+
+    @property
+    def eta_s(self) -> float:
+        return self.elapsed_s / max(self.iteration, 1) * (self.total - self.iteration)
+
+
+Progress = Callable[[ProgressEvent], None]
+
+
+@dataclass(frozen=True)
+class DecloudResult:
+    """The fit's output and what it took. ``prediction`` is reflectance in [0, 1], (time, band, y, x)."""
+
+    prediction: np.ndarray
+    clear: np.ndarray
+    loss_curve: np.ndarray
+    iterations: int
+    windows: int
+    network_depth: int
+    seconds: float
+    device: str
+    peak_memory_bytes: int
+    peak_memory_kind: str
+
+    @property
+    def final_loss(self) -> float:
+        return float(self.loss_curve[-1, 1]) if len(self.loss_curve) else float("nan")
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> CUDA when present, else CPU; anything else must be a device torch knows."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as err:
+        raise FitConfigError(f"unknown device {device!r} (--device): use auto, cpu, cuda or cuda:N") from err
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise FitConfigError(f"device {device!r} asked for (--device) but CUDA is not available here")
+    return resolved
+
+
+def normalise_s1(s1_db: np.ndarray, days: np.ndarray) -> np.ndarray:
+    """dB -> [0, 1] over :data:`S1_DB_RANGE`; missing dates (NaN) filled from the pixel's neighbours in time.
+
+    Radar changes slowly next to clouds, so a missing date takes the linear interpolation of the pixel's
+    previous and next acquisitions; a pixel with no radar at all takes the per-channel median.
+    """
+    low, high = S1_DB_RANGE
+    scaled = (np.clip(s1_db, low, high) - low) / (high - low)
+    valid = np.isfinite(scaled).all(axis=1)
+    if valid.all():
+        return scaled.astype(np.float32)
+    return temporal_linear(np.where(valid[:, None], scaled, 0.0), valid, days).astype(np.float32)
+
+
+def guide_series(reflectance: np.ndarray, clear: np.ndarray, days: np.ndarray) -> np.ndarray:
+    """Leave-one-out temporal linear interpolation of the clear observations, for every date and pixel.
+
+    Each date is interpolated from the *other* dates' clear observations, also where it is clear itself:
+    on the pixels the network learns from, the guide is then a real prediction with real errors (not a
+    copy of the target), so what the network learns (correcting interpolation with radar and context) is
+    what it must do under the clouds.
+    """
+    guide = temporal_linear(reflectance, clear, days, leave_one_out=True)
+    if not np.isfinite(guide).all():
+        guide = np.where(np.isfinite(guide), guide, mosaic_mean(reflectance, clear, days))
+    return np.clip(guide, 0.0, 1.0).astype(np.float32)
+
+
+def trusted_clear(
+    reflectance: np.ndarray, mask: np.ndarray, bands: Sequence[str], config: FitConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """(refined mask, clear pixels the fit may learn from): nodata and refined clouds excluded."""
+    mask = np.array(mask, dtype=np.uint8, copy=True)
+    nodata = ~np.isfinite(reflectance).all(axis=1) | (reflectance <= 0).any(axis=1)
+    mask[nodata] = MaskClass.NODATA
+    refined = refine_masks(np.nan_to_num(reflectance), mask, bands, config.masks)
+    return refined, refined == MaskClass.CLEAR
+
+
+@contextlib.contextmanager
+def _deterministic(seed: int, device: torch.device) -> Iterator[None]:
+    """Seeded, deterministic kernels for the fit, restoring the caller's settings afterwards."""
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    was_warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    # warn_only on CUDA: reflection-pad backward has no deterministic CUDA kernel; CPU runs are exact.
+    torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")
+    devices = [device.index or 0] if device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            yield
+    finally:
+        torch.use_deterministic_algorithms(was_deterministic, warn_only=was_warn_only)
+
+
+def _peak_memory(device: torch.device) -> tuple[int, str]:
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device)), "cuda max allocated"
+    # ru_maxrss is in KiB on Linux: the process's peak resident memory, the fit's and everything else's.
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, "process peak RSS"
+
+
+def _lr_factor(config: FitConfig, total: int) -> Callable[[int], float]:
+    if config.lr_decay == "none":
+        return lambda step: 1.0
+    low = config.lr_final_ratio
+    return lambda step: low + (1.0 - low) * 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+
+
+def decloud(
+    s2: np.ndarray,
+    mask: np.ndarray,
+    s1: np.ndarray | None,
+    config: FitConfig,
+    *,
+    bands: Sequence[str],
+    days: np.ndarray | None = None,
+    device: str = "auto",
+    seed: int = 0,
+    vgg: VGG16 | None = None,
+    vgg_weights: str | None = None,
+    progress: Progress | None = None,
+    name: str = "tile",
+) -> DecloudResult:
+    """Fit one network to a tile's clear pixels and return its cloud-free series.
+
+    ``s2``: reflectance in [0, 1] (the schema's uint16 / 10000; 0 or NaN = no data), (time, band, y, x).
+    ``mask``: the schema's classes (time, y, x). ``s1``: backscatter in dB (time, 2, y, x), NaN where
+    missing; needed for ``config.input == "s1"``. ``days``: acquisition days (time,), default 0, 1, 2, ...
+    """
+    s2 = np.asarray(s2, dtype=np.float32)
+    n_dates, n_bands, height, width = _check_shapes(s2, mask, s1, bands, name)
+    days = np.arange(n_dates, dtype=np.float64) if days is None else np.asarray(days, dtype=np.float64)
+    torch_device = resolve_device(device)
+    _, clear = trusted_clear(s2, mask, bands, config)
+    if not clear.any():
+        raise AllCloudyError(
+            f"tile {name!r}: no clear pixel in any of its {n_dates} dates after mask refinement: there is "
+            "nothing to learn the surface from. Ingest a longer period or a less cloudy season, or check "
+            "the tile's masks; nothing was written"
+        )
+    inputs = _network_input(s1, config, days, (n_dates, height, width), seed, name)
+    guide = guide_series(np.nan_to_num(s2), clear, days) if config.guide else None
+    if config.perceptual_weight > 0 and vgg is None:
+        vgg = load_vgg16(vgg_weights)
+
+    plan = spatial_plan(height, width, config.depth)
+    depth = plan.depth
+    started = time.perf_counter()
+    if torch_device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(torch_device)
+    with _deterministic(seed, torch_device):
+        net = EncoderDecoder3D(
+            inputs.shape[1] + (n_bands if guide is not None else 0),
+            n_bands,
+            config.channels_down[:depth],
+            config.channels_up[:depth],
+            config.skip_channels[:depth],
+        ).to(torch_device)
+        perceptual = PerceptualLoss(vgg, bands).to(torch_device) if config.perceptual_weight > 0 else None
+        prediction, curve, spans = _fit(
+            net, perceptual, inputs, s2, clear, guide, plan, config, torch_device, seed, progress
+        )
+    prediction = np.clip(prediction, 0.0, 1.0)
+    if config.keep_clear:
+        prediction = np.where(clear[:, None], np.nan_to_num(s2), prediction)
+    seconds = time.perf_counter() - started
+    peak, peak_kind = _peak_memory(torch_device)
+    return DecloudResult(
+        prediction=prediction.astype(np.float32),
+        clear=clear,
+        loss_curve=curve,
+        iterations=config.total_iterations(n_dates),
+        windows=len(spans),
+        network_depth=depth,
+        seconds=seconds,
+        device=str(torch_device),
+        peak_memory_bytes=peak,
+        peak_memory_kind=peak_kind,
+    )
+
+
+def _check_shapes(
+    s2: np.ndarray, mask: np.ndarray, s1: np.ndarray | None, bands: Sequence[str], name: str
+) -> tuple[int, int, int, int]:
+    if s2.ndim != 4:
+        raise FitInputError(f"tile {name!r}: s2 must be (time, band, y, x), got shape {s2.shape}")
+    n_dates, n_bands, height, width = s2.shape
+    if np.shape(mask) != (n_dates, height, width):
+        raise FitInputError(
+            f"tile {name!r}: mask has shape {np.shape(mask)}, expected {(n_dates, height, width)}"
+        )
+    if s1 is not None and (np.shape(s1)[:1] + np.shape(s1)[2:] != (n_dates, height, width)):
+        raise FitInputError(
+            f"tile {name!r}: s1 has shape {np.shape(s1)}, expected ({n_dates}, 2, {height}, {width})"
+        )
+    if len(bands) != n_bands:
+        raise FitInputError(f"tile {name!r}: {len(bands)} band names for {n_bands} bands in s2")
+    return n_dates, n_bands, height, width
+
+
+def _network_input(
+    s1: np.ndarray | None,
+    config: FitConfig,
+    days: np.ndarray,
+    shape: tuple[int, int, int],
+    seed: int,
+    name: str,
+) -> np.ndarray:
+    """(time, channels, y, x): normalised S1, or the fixed noise map of the ablation (2 channels too)."""
+    n_dates, height, width = shape
+    if config.input == "noise":
+        rng = np.random.default_rng(seed)
+        return (rng.standard_normal((n_dates, 2, height, width)) * config.noise_scale).astype(np.float32)
+    if s1 is None or not np.isfinite(s1).any():
+        raise FitInputError(
+            f"tile {name!r}: input 's1' asked for but the tile has no radar (s1 is missing or all NaN); "
+            "ingest S1 for it, or fit with --input noise (the paper's ablation)"
+        )
+    return normalise_s1(np.asarray(s1, dtype=np.float32), days)
+
+
+def _fit(
+    net: EncoderDecoder3D,
+    perceptual: PerceptualLoss | None,
+    inputs: np.ndarray,
+    s2: np.ndarray,
+    clear: np.ndarray,
+    guide: np.ndarray | None,
+    plan: SpatialPlan,
+    config: FitConfig,
+    device: torch.device,
+    seed: int,
+    progress: Progress | None,
+) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]:
+    """The schedule itself. Returns the prediction (time, band, y, x), the loss curve, the windows."""
+    n_dates = s2.shape[0]
+
+    def series(a: np.ndarray) -> torch.Tensor:
+        # (time, channels, y, x) -> (1, channels, time, y', x') padded, on the device
+        t = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).permute(1, 0, 2, 3)[None]
+        return pad_spatial(t, plan).to(device)
+
+    x_all = series(inputs)
+    target = series(np.nan_to_num(s2))
+    # Weights are zero outside the tile: padding is never learned from.
+    weight = torch.zeros((1, 1, n_dates, *plan.padded_shape), device=device)
+    left, _, top, _ = plan.pads
+    weight[..., top : top + plan.height, left : left + plan.width] = torch.from_numpy(
+        clear.astype(np.float32)
+    ).to(device)
+    offset = None
+    if guide is not None:
+        g = series(guide)
+        x_all = torch.cat([x_all, g], dim=1)
+        offset = torch.logit(g.clamp(GUIDE_EPS, 1 - GUIDE_EPS))
+
+    spans = windows(n_dates, config.window, config.stride)
+    total = config.total_iterations(n_dates)
+    optimiser = torch.optim.Adam(net.parameters(), lr=config.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, _lr_factor(config, total))
+    losses = torch.zeros(total, device=device)
+    jitter = torch.Generator(device=device).manual_seed(seed) if config.input_jitter else None
+    report_every = max(1, total // PROGRESS_EVENTS)
+    rng = np.random.default_rng(seed)
+    started = time.perf_counter()
+    step = 0
+    net.train()
+    for pass_index, window in visit_order(len(spans), config.passes, rng):
+        start, stop = spans[window]
+        x, y, w = x_all[:, :, start:stop], target[:, :, start:stop], weight[:, :, start:stop]
+        off = None if offset is None else offset[:, :, start:stop]
+        for _ in range(config.iterations_per_window):
+            x_in = x
+            if jitter is not None:
+                x_in = x + config.input_jitter * torch.randn(x.shape, generator=jitter, device=device)
+            out = net(x_in, off)
+            loss = masked_l2(out, y, w)
+            if perceptual is not None:
+                loss = loss + config.perceptual_weight * perceptual(out, y, w)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            scheduler.step()
+            losses[step] = loss.detach()
+            step += 1
+            if progress is not None and (step % report_every == 0 or step == total):
+                progress(
+                    ProgressEvent(
+                        iteration=step,
+                        total=total,
+                        loss=float(losses[step - 1].item()),
+                        pass_index=pass_index,
+                        window=window,
+                        elapsed_s=time.perf_counter() - started,
+                    )
+                )
+
+    prediction = torch.empty_like(target)
+    chosen = output_windows(n_dates, spans)
+    with torch.no_grad():
+        for window, (start, stop) in enumerate(spans):
+            dates = np.flatnonzero(chosen == window)
+            if not dates.size:
+                continue
+            off = None if offset is None else offset[:, :, start:stop]
+            out = net(x_all[:, :, start:stop], off)
+            prediction[:, :, dates] = out[:, :, dates - start]
+    result = crop_spatial(prediction, plan)[0].permute(1, 0, 2, 3).cpu().numpy()
+    return result, _downsample_curve(losses.cpu().numpy()), spans
+
+
+def _downsample_curve(losses: np.ndarray) -> np.ndarray:
+    """(iteration, mean loss) at up to :data:`LOSS_CURVE_POINTS` points: bin means keep the trend."""
+    if losses.size == 0:
+        return np.zeros((0, 2))
+    edges = np.linspace(0, losses.size, min(LOSS_CURVE_POINTS, losses.size) + 1).astype(int)
+    points = [(int(stop), float(losses[start:stop].mean())) for start, stop in itertools.pairwise(edges)]
+    return np.array(points, dtype=np.float64)

@@ -1,0 +1,241 @@
+"""The paper's evaluation protocol, its partial-cloud variant, and the baselines to beat.
+
+Protocol (Ebel et al. Sec. 4): take dates that are truly clear, paint onto them the clouds of another
+date of the same series, fit on the painted series, and score the prediction against the original
+image. ``cloudiest`` paints the clouds of the most cloud-covered date (the paper's choice; on real series
+that is often the whole image); ``partial`` paints those of a partly cloudy date, the case where the
+clear part of the target date itself can guide the fill.
+
+Targets are dates at least :data:`TARGET_MIN_CLEAR` clear *after* mask refinement (SCL alone calls dates
+clear that are not), spread over the series. All targets are painted at once and fitted in one run; each
+is scored on its own and the scores are averaged per image. Painted pixels take the source date's values
+and the source date's SCL class (so SCL-trusting methods see what they would see on real data: SCL's
+misses stay misses); the painted region is where the *refined* mask of the source date is cloud or shadow.
+
+Scores are reported on the painted region and on the whole image (the target's clear pixels), for the
+fit with each input (``s1``, ``noise``), for each baseline with SCL's masks and with the refined masks,
+and for the painted input itself (what the user would have without any filling).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from fit.arrays import TileArrays
+from fit.baselines import BASELINES
+from fit.config import FitConfig
+from fit.declouder import Progress, decloud, trusted_clear
+from fit.errors import EvaluationError
+from fit.metrics import Scores, score
+from fit.vgg import VGG16
+from tiler.store import MaskClass
+
+PaintMode = Literal["cloudiest", "partial"]
+PAINT_MODES: tuple[str, ...] = ("cloudiest", "partial")
+#: A target date must be at least this clear after refinement (a few edge pixels may be flagged).
+TARGET_MIN_CLEAR = 0.98
+#: The partial mode's source date: cloud cover within these bounds, the one closest to half.
+PARTIAL_COVER = (0.15, 0.85)
+PARTIAL_IDEAL = 0.5
+#: The paper's series length (N = 30): the default number of dates an evaluation uses.
+PAPER_SERIES = 30
+
+PAINTED = "painted"
+WHOLE = "whole"
+
+
+@dataclass(frozen=True)
+class MethodScores:
+    """One method's scores, averaged over the targets, on the painted region and the whole image."""
+
+    method: str
+    variant: str
+    painted: Scores
+    whole: Scores
+    seconds: float
+
+    @property
+    def label(self) -> str:
+        return f"{self.method} ({self.variant})"
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What was painted where, and every method's scores."""
+
+    tile: str
+    preset: str
+    paint: str
+    dates: tuple[str, ...]
+    targets: tuple[str, ...]
+    source: str
+    painted_fraction: float
+    rows: tuple[MethodScores, ...]
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def row(self, method: str, variant: str) -> MethodScores:
+        for r in self.rows:
+            if (r.method, r.variant) == (method, variant):
+                return r
+        raise KeyError(f"no row {method} ({variant})")
+
+    def best_baseline(self, region: str = PAINTED) -> MethodScores:
+        """The baseline with the highest PSNR in ``region``, over both mask kinds."""
+        candidates = [r for r in self.rows if r.method in BASELINES]
+        return max(candidates, key=lambda r: getattr(r, region).psnr)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["rows"] = [
+            {"method": r.method, "variant": r.variant, "seconds": r.seconds,
+             PAINTED: r.painted.to_dict(), WHOLE: r.whole.to_dict()}
+            for r in self.rows
+        ]  # fmt: skip
+        best = self.best_baseline()
+        out["best_baseline_painted"] = best.label
+        fits = [r for r in self.rows if r.method == "fit"]
+        out["fit_margin_db_painted"] = {r.variant: r.painted.psnr - best.painted.psnr for r in fits}
+        return out
+
+
+def choose_targets(clear_fraction: np.ndarray, k: int, name: str) -> list[int]:
+    """``k`` dates at least :data:`TARGET_MIN_CLEAR` clear, spread evenly over the candidates in time."""
+    candidates = np.flatnonzero(clear_fraction >= TARGET_MIN_CLEAR)
+    if candidates.size == 0:
+        best = float(clear_fraction.max()) if clear_fraction.size else 0.0
+        raise EvaluationError(
+            f"tile {name!r}: no date is at least {TARGET_MIN_CLEAR:.0%} clear after mask refinement "
+            f"(clearest: {best:.0%}), so there is no target to paint clouds on; evaluate a longer or "
+            "another range of dates (--dates START:STOP)"
+        )
+    k = min(k, candidates.size)
+    # The middle of k equal shares of the candidates: one target is the middle one, not the first.
+    picks = np.unique(((np.arange(k) + 0.5) * candidates.size / k).astype(int))
+    return [int(candidates[i]) for i in picks]
+
+
+def choose_source(cloud_fraction: np.ndarray, targets: Sequence[int], paint: str, name: str) -> int:
+    """The date whose clouds are painted: the cloudiest, or the partly cloudy one closest to half."""
+    cover = np.array(cloud_fraction, dtype=np.float64)
+    cover[list(targets)] = np.nan
+    if paint == "cloudiest":
+        if not np.nanmax(cover) > 0:
+            raise EvaluationError(f"tile {name!r}: no date has clouds to paint; nothing to evaluate")
+        return int(np.nanargmax(cover))
+    low, high = PARTIAL_COVER
+    eligible = np.flatnonzero((cover >= low) & (cover <= high))
+    if not eligible.size:
+        raise EvaluationError(
+            f"tile {name!r}: no date is between {low:.0%} and {high:.0%} cloudy for --paint partial; "
+            "use --paint cloudiest or another range of dates (--dates START:STOP)"
+        )
+    return int(eligible[np.argmin(np.abs(cover[eligible] - PARTIAL_IDEAL))])
+
+
+@dataclass(frozen=True)
+class PaintedSeries:
+    tile: TileArrays
+    targets: list[int]
+    source: int
+    region: np.ndarray  # (y, x): painted pixels
+    truth_clear: np.ndarray  # (time, y, x): refined-clear pixels of the original series
+
+
+def paint(tile: TileArrays, config: FitConfig, *, k: int, mode: str) -> PaintedSeries:
+    """Paint the source date's clouds onto ``k`` truly clear dates (the tile itself is not modified)."""
+    if mode not in PAINT_MODES:
+        raise EvaluationError(f"unknown paint mode {mode!r} (--paint): use one of {', '.join(PAINT_MODES)}")
+    refined, clear = trusted_clear(tile.reflectance, tile.mask, tile.bands, config)
+    cloudy = (refined == MaskClass.CLOUD) | (refined == MaskClass.SHADOW)
+    targets = choose_targets(clear.mean(axis=(1, 2)), k, tile.name)
+    source = choose_source(cloudy.mean(axis=(1, 2)), targets, mode, tile.name)
+    region = cloudy[source]
+    reflectance, mask = tile.reflectance.copy(), tile.mask.copy()
+    for t in targets:
+        reflectance[t][:, region] = tile.reflectance[source][:, region]
+        mask[t][region] = tile.mask[source][region]
+    painted = TileArrays(tile.name, reflectance, mask, tile.s1, tile.bands, tile.times)
+    return PaintedSeries(painted, targets, source, region, clear)
+
+
+def evaluate(
+    tile: TileArrays,
+    config: FitConfig,
+    *,
+    paint_mode: str = "cloudiest",
+    targets: int = 1,
+    inputs: Sequence[str] = ("s1", "noise"),
+    device: str = "auto",
+    seed: int = 0,
+    vgg: VGG16 | None = None,
+    vgg_weights: str | None = None,
+    progress: Callable[[str, Any], None] | None = None,
+) -> Evaluation:
+    """Run the protocol on ``tile`` (cut it to the dates to use first) and score every method.
+
+    ``progress(stage, event)`` is called with the stage ("fit s1", ...) and the fit's progress event.
+    """
+    case = paint(tile, config, k=targets, mode=paint_mode)
+    series = case.tile
+    truth = np.nan_to_num(tile.reflectance)
+    rows: list[MethodScores] = []
+
+    def scored(method: str, variant: str, filled: np.ndarray, seconds: float) -> MethodScores:
+        painted_scores, whole_scores = [], []
+        for t in case.targets:
+            whole = case.truth_clear[t]
+            painted_scores.append(score(truth[t], filled[t], case.region & whole))
+            whole_scores.append(score(truth[t], filled[t], whole))
+        return MethodScores(method, variant, Scores.mean(painted_scores), Scores.mean(whole_scores), seconds)
+
+    for kind in inputs:
+        fit_config = config.replace(input=kind)
+        callback: Progress | None = None
+        if progress is not None:
+            callback = (lambda stage: (lambda event: progress(stage, event)))(f"fit {kind}")
+        result = decloud(
+            series.reflectance,
+            series.mask,
+            series.s1,
+            fit_config,
+            bands=series.bands,
+            days=series.days,
+            device=device,
+            seed=seed,
+            vgg=vgg,
+            vgg_weights=vgg_weights,
+            progress=callback,
+            name=tile.name,
+        )
+        rows.append(scored("fit", kind, result.prediction, result.seconds))
+
+    observed = np.nan_to_num(series.reflectance)
+    nodata = ~np.isfinite(series.reflectance).all(axis=1) | (series.reflectance <= 0).any(axis=1)
+    masks = {
+        "refined": trusted_clear(series.reflectance, series.mask, series.bands, config)[1],
+        "scl": (series.mask == MaskClass.CLEAR) & ~nodata,
+    }
+    for variant, valid in masks.items():
+        for method, fill in BASELINES.items():
+            started = time.perf_counter()
+            filled = fill(observed, valid, series.days)
+            rows.append(scored(method, variant, filled, time.perf_counter() - started))
+    rows.append(scored("painted input", "no filling", observed, 0.0))
+
+    dates = tile.iso_dates()
+    return Evaluation(
+        tile=tile.name,
+        preset=config.name,
+        paint=paint_mode,
+        dates=(dates[0], dates[-1]),
+        targets=tuple(dates[t] for t in case.targets),
+        source=dates[case.source],
+        painted_fraction=float(case.region.mean()),
+        rows=tuple(rows),
+        settings=config.to_dict(),
+    )

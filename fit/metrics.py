@@ -1,0 +1,120 @@
+"""Image quality metrics, exactly as REFERENCE.md "Metrics" defines them (images in [0, 1]).
+
+Every function takes a target and a prediction of shape (band, y, x) and an optional ``region`` (y, x)
+boolean mask; with a region, only its pixels count (for SSIM: the SSIM map is computed on the whole image,
+then averaged over the region's pixels).
+
+- RMSE = sqrt(mean((t − p)²)) over bands and pixels; PSNR = 20·log10(1 / RMSE); MAE = mean |t − p|.
+- SAM: mean over pixels of arccos(clamp(Σ_c t·p / (‖t‖·‖p‖), −1, 1)) in degrees (UnCRtainTS). A pixel
+  that is all zero in the target or the prediction has no direction: it is left out of the mean (it
+  would give NaN); with no pixel left SAM is NaN.
+- SSIM: Gaussian window 11, σ 1.5, C1 = 0.01², C2 = 0.03², per band, averaged; the window is applied with
+  zero padding ("same" size), as in the pytorch SSIM that SEN12MS-CR-TS and UnCRtainTS use.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy import ndimage
+
+SSIM_WINDOW = 11
+SSIM_SIGMA = 1.5
+SSIM_C1 = 0.01**2
+SSIM_C2 = 0.03**2
+#: Below this norm a pixel's spectrum counts as all zero for SAM.
+SAM_ZERO = 1e-12
+
+
+def _pixels(a: np.ndarray, region: np.ndarray | None) -> np.ndarray:
+    """(band, y, x) -> (band, n) of the pixels in the region."""
+    a = np.asarray(a, dtype=np.float64)
+    return a.reshape(a.shape[0], -1) if region is None else a[:, np.asarray(region, bool)]
+
+
+def rmse(target: np.ndarray, pred: np.ndarray, region: np.ndarray | None = None) -> float:
+    diff = _pixels(target, region) - _pixels(pred, region)
+    return float(np.sqrt(np.mean(diff**2))) if diff.size else float("nan")
+
+
+def psnr(target: np.ndarray, pred: np.ndarray, region: np.ndarray | None = None) -> float:
+    error = rmse(target, pred, region)
+    if error == 0:
+        return float("inf")
+    return float(20 * np.log10(1.0 / error))
+
+
+def mae(target: np.ndarray, pred: np.ndarray, region: np.ndarray | None = None) -> float:
+    diff = _pixels(target, region) - _pixels(pred, region)
+    return float(np.mean(np.abs(diff))) if diff.size else float("nan")
+
+
+def sam(target: np.ndarray, pred: np.ndarray, region: np.ndarray | None = None) -> float:
+    t, p = _pixels(target, region), _pixels(pred, region)
+    norms = np.linalg.norm(t, axis=0) * np.linalg.norm(p, axis=0)
+    ok = (np.linalg.norm(t, axis=0) > SAM_ZERO) & (np.linalg.norm(p, axis=0) > SAM_ZERO)
+    if not ok.any():
+        return float("nan")
+    cosine = np.clip((t * p).sum(axis=0)[ok] / norms[ok], -1.0, 1.0)
+    return float(np.degrees(np.arccos(cosine)).mean())
+
+
+def _gaussian_window() -> np.ndarray:
+    x = np.arange(SSIM_WINDOW) - SSIM_WINDOW // 2
+    g = np.exp(-(x**2) / (2 * SSIM_SIGMA**2))
+    return g / g.sum()
+
+
+def _blur(a: np.ndarray) -> np.ndarray:
+    g = _gaussian_window()
+    out = ndimage.correlate1d(a, g, axis=-1, mode="constant", cval=0.0)
+    return ndimage.correlate1d(out, g, axis=-2, mode="constant", cval=0.0)
+
+
+def ssim_map(target: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """Per band and pixel SSIM, (band, y, x)."""
+    x, y = np.asarray(target, np.float64), np.asarray(pred, np.float64)
+    mu_x, mu_y = _blur(x), _blur(y)
+    var_x = _blur(x * x) - mu_x**2
+    var_y = _blur(y * y) - mu_y**2
+    cov = _blur(x * y) - mu_x * mu_y
+    return ((2 * mu_x * mu_y + SSIM_C1) * (2 * cov + SSIM_C2)) / (
+        (mu_x**2 + mu_y**2 + SSIM_C1) * (var_x + var_y + SSIM_C2)
+    )
+
+
+def ssim(target: np.ndarray, pred: np.ndarray, region: np.ndarray | None = None) -> float:
+    values = ssim_map(target, pred)
+    values = values.reshape(values.shape[0], -1) if region is None else values[:, np.asarray(region, bool)]
+    return float(values.mean()) if values.size else float("nan")
+
+
+@dataclass(frozen=True)
+class Scores:
+    """The five metrics of one comparison."""
+
+    rmse: float
+    psnr: float
+    ssim: float
+    sam: float
+    mae: float
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+    @classmethod
+    def mean(cls, scores: list[Scores]) -> Scores:
+        """Average per image (the paper's NRMSE is the per-image RMSE averaged): nan-aware."""
+        values = {k: float(np.nanmean([getattr(s, k) for s in scores])) for k in cls.__dataclass_fields__}
+        return cls(**values)
+
+
+def score(target: np.ndarray, pred: np.ndarray, region: np.ndarray | None = None) -> Scores:
+    return Scores(
+        rmse=rmse(target, pred, region),
+        psnr=psnr(target, pred, region),
+        ssim=ssim(target, pred, region),
+        sam=sam(target, pred, region),
+        mae=mae(target, pred, region),
+    )

@@ -1,0 +1,154 @@
+"""Fit one tile store: read it, decloud it, write the input variables plus ``s2_declouded``.
+
+The output store is written by :func:`tiler.store.write_tile`, so it is marked complete only once every
+chunk is on storage; everything that can fail on bad input (preset, device, weights, an existing output)
+fails before the tile is read or the fit starts, and nothing is written when the fit fails.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from fit.arrays import TileArrays
+from fit.config import FitConfig, resolve_config
+from fit.declouder import DecloudResult, Progress, decloud, resolve_device
+from fit.errors import FitConfigError
+from fit.vgg import load_vgg16
+from tiler.errors import OutputExistsError
+from tiler.store import (
+    DECLOUDED,
+    INPUT_VARIABLES,
+    S2,
+    S2_NODATA,
+    S2_SCALE,
+    MaskClass,
+    open_tile,
+    tile_status,
+    write_tile,
+)
+
+#: Smallest value written to ``s2_declouded``: 0 means "no data" in the schema and every pixel has data.
+DECLOUDED_MIN = S2_NODATA + 1
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """What one tile's fit did and cost."""
+
+    tile_id: str
+    out_url: str
+    preset: str
+    input: str
+    iterations: int
+    windows: int
+    network_depth: int
+    seconds: float
+    device: str
+    peak_memory_bytes: int
+    peak_memory_kind: str
+    final_loss: float
+    #: Share of (date, pixel)s the fit learned from, and of SCL-clear ones the refinement took away.
+    clear_fraction: float
+    refined_away_fraction: float
+
+
+def to_stored(reflectance: np.ndarray) -> np.ndarray:
+    """Reflectance in [0, 1] -> the schema's uint16 (× 10000), never the no-data value 0."""
+    return np.clip(np.rint(reflectance * S2_SCALE), DECLOUDED_MIN, S2_SCALE).astype(np.uint16)
+
+
+def fit_tile(
+    in_url: str,
+    out_url: str,
+    *,
+    preset: str | FitConfig = "fast",
+    input: str = "s1",
+    device: str = "auto",
+    seed: int = 0,
+    overwrite: bool = False,
+    storage_options: Mapping[str, Any] | None = None,
+    vgg_weights: str | None = None,
+    progress: Progress | None = None,
+) -> FitResult:
+    """Fit the tile at ``in_url`` and write it with ``s2_declouded`` to ``out_url`` (tile schema)."""
+    config = resolve_config(preset)
+    if input not in ("s1", "noise"):
+        raise FitConfigError(
+            f"unknown input {input!r} (--input): use s1 (the paper's model) or noise (its ablation)"
+        )
+    config = config.replace(input=input)
+    status = tile_status(out_url, storage_options)
+    if status != "missing" and not overwrite:
+        raise OutputExistsError(
+            f"fit of {in_url!r}: output {out_url!r} already exists ({status}); pass --overwrite "
+            "(overwrite=True) to replace it, or choose another --out"
+        )
+    resolve_device(device)
+    vgg = load_vgg16(vgg_weights) if config.perceptual_weight > 0 else None
+
+    ds = open_tile(in_url, storage_options=storage_options).load()
+    tile = TileArrays.from_dataset(ds, name=str(ds.attrs.get("tile_id", in_url)))
+    result = decloud(
+        tile.reflectance,
+        tile.mask,
+        tile.s1,
+        config,
+        bands=tile.bands,
+        days=tile.days,
+        device=device,
+        seed=seed,
+        vgg=vgg,
+        progress=progress,
+        name=tile.name,
+    )
+    out = _output_dataset(ds, result, config, seed)
+    write_tile(out, out_url, overwrite=overwrite, storage_options=storage_options, name=tile.name)
+    scl_clear = tile.mask == MaskClass.CLEAR
+    return FitResult(
+        tile_id=tile.name,
+        out_url=out_url,
+        preset=config.name,
+        input=config.input,
+        iterations=result.iterations,
+        windows=result.windows,
+        network_depth=result.network_depth,
+        seconds=result.seconds,
+        device=result.device,
+        peak_memory_bytes=result.peak_memory_bytes,
+        peak_memory_kind=result.peak_memory_kind,
+        final_loss=result.final_loss,
+        clear_fraction=float(result.clear.mean()),
+        refined_away_fraction=float((scl_clear & ~result.clear).sum() / max(int(scl_clear.sum()), 1)),
+    )
+
+
+def _output_dataset(ds: xr.Dataset, result: DecloudResult, config: FitConfig, seed: int) -> xr.Dataset:
+    out = ds[[v for v in INPUT_VARIABLES if v in ds]].copy()
+    out[DECLOUDED] = (ds[S2].dims, to_stored(result.prediction))
+    out[DECLOUDED].attrs.update(ds[S2].attrs)
+    out[DECLOUDED].attrs.pop("nodata", None)
+    out[DECLOUDED].attrs["description"] = "cloud-free S2 predicted by the per-tile fit (docs/fit.md)"
+    # Attributes must be JSON scalars or strings in Zarr: nested values are stored as JSON text.
+    out.attrs.update(
+        fit_preset=config.name,
+        fit_input=config.input,
+        fit_seed=int(seed),
+        fit_settings=json.dumps(config.to_dict()),
+        fit_iterations=int(result.iterations),
+        fit_windows=int(result.windows),
+        fit_network_depth=int(result.network_depth),
+        fit_seconds=float(result.seconds),
+        fit_device=result.device,
+        fit_peak_memory_bytes=int(result.peak_memory_bytes),
+        fit_peak_memory_kind=result.peak_memory_kind,
+        fit_final_loss=float(result.final_loss),
+        fit_loss_curve=json.dumps([[int(i), float(v)] for i, v in result.loss_curve]),
+        fit_clear_fraction=float(result.clear.mean()),
+    )
+    return out
