@@ -8,6 +8,10 @@ Outputs (committed, see SOURCE.txt):
 - ``worldcereal_31ues.zarr``: WorldCereal site 0000280849BAC91C in S2 tile 31UES (Belgium), EPSG:32631,
   64×64 px at 10 m, 72 S2 L2A dates (2018-08..2019-11), 10 bands, S1 GRD ascending VV/VH in dB paired
   to each S2 date (nearest within ±6 days), masks from SCL.
+- ``greenearthnet_34tet.zarr``: a GreenEarthNet minicube in S2 tile 34TET (Romania/Hungary border),
+  May–Aug 2021, its 30 real S2 acquisitions with real clouds, 4 bands (B02 B03 B04 B8A), no S1 (all
+  NaN: fitted with noise input), reprojected from the cube's lat/lon grid to UTM 34N at its native
+  20 m (nearest neighbour, so every value is a real observation), the central 64×64 px kept.
 """
 
 from __future__ import annotations
@@ -90,6 +94,51 @@ def worldcereal_tile(src: Path) -> xr.Dataset:
     )
 
 
+GREENEARTHNET = "greenearthnet-minicubes"
+GREENEARTHNET_CUBE = "MJJ2021_replicated_minicube_225_34TET_47.37_22.05.nc"
+GREENEARTHNET_BANDS = ("B02", "B03", "B04", "B8A")
+#: The cube's native pixel (~0.00018° ≈ 20 m): kept, not resampled to 10 m (the schema does not force it).
+GREENEARTHNET_RESOLUTION = 20.0
+#: UTM zone 34N, the zone of S2 tile 34TET.
+GREENEARTHNET_EPSG = 32634
+GREENEARTHNET_SIZE = 64
+
+
+def greenearthnet_tile(src: Path) -> xr.Dataset:
+    cube = xr.open_dataset(src / GREENEARTHNET_CUBE)  # decoded: reflectance in [0, 1], NaN = missing
+    cube = cube.isel(time=np.flatnonzero(cube["s2_avail"].values == 1))
+    layers = xr.Dataset(
+        {b: cube[f"s2_{b}"] for b in GREENEARTHNET_BANDS} | {"SCL": cube["s2_SCL"]}
+    ).rename(lon="x", lat="y")
+    layers = layers.rio.write_crs("EPSG:4326").rio.set_spatial_dims(x_dim="x", y_dim="y")
+    from rasterio.enums import Resampling
+
+    utm = layers.rio.reproject(
+        f"EPSG:{GREENEARTHNET_EPSG}", resolution=GREENEARTHNET_RESOLUTION, resampling=Resampling.nearest
+    )
+    ny, nx = utm.sizes["y"], utm.sizes["x"]
+    y0, x0 = (ny - GREENEARTHNET_SIZE) // 2, (nx - GREENEARTHNET_SIZE) // 2
+    utm = utm.isel(y=slice(y0, y0 + GREENEARTHNET_SIZE), x=slice(x0, x0 + GREENEARTHNET_SIZE))
+    reflectance = np.stack([utm[b].values for b in GREENEARTHNET_BANDS], axis=1)
+    s2 = np.where(
+        np.isfinite(reflectance), np.clip(np.rint(reflectance * 10_000), 1, np.iinfo(np.uint16).max), 0
+    ).astype(np.uint16)
+    scl = np.nan_to_num(utm["SCL"].values, nan=0).astype(np.int64)
+    mask = scl_to_mask(scl)
+    mask[(s2 == 0).any(axis=1)] = MaskClass.NODATA
+    return make_tile(
+        s2=s2,
+        mask=mask,
+        time=utm["time"].values,
+        bands=GREENEARTHNET_BANDS,
+        x=utm["x"].values,
+        y=utm["y"].values,
+        epsg=GREENEARTHNET_EPSG,
+        tile_id="greenearthnet_34TET_minicube_225",
+        attrs={"source": "GreenEarthNet replicated minicube, see tests/data/SOURCE.txt"},
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--shared", type=Path, default=HERE.parents[2] / "shared" / "data" / "real")
@@ -97,6 +146,10 @@ def main() -> None:
     out = HERE / "worldcereal_31ues.zarr"
     shutil.rmtree(out, ignore_errors=True)
     write_tile(worldcereal_tile(args.shared / WORLDCEREAL), str(out))
+    print(f"wrote {out}")
+    out = HERE / "greenearthnet_34tet.zarr"
+    shutil.rmtree(out, ignore_errors=True)
+    write_tile(greenearthnet_tile(args.shared / GREENEARTHNET), str(out))
     print(f"wrote {out}")
 
 
