@@ -58,6 +58,7 @@ from tiler.errors import (
 from tiler.grid import DEFAULT_OVERLAP, DEFAULT_RESOLUTION, DEFAULT_TILE_SIZE, TileRef
 from tiler.quality import QUALITY_NODATA, clear_distance_days
 from tiler.store import (
+    COMPRESSOR,
     DECLOUDED,
     MASK,
     S2_NODATA,
@@ -91,12 +92,8 @@ BANDS_ATTR = "mosaic_bands"
 DATES_PER_BATCH = 4
 RAMPS = ("cosine", "linear")
 Ramp = Literal["cosine", "linear"]
-#: Blosc-zstd at level 1 with bit shuffle. Measured on real Sentinel-2 here (eo-box L1C cells, the
-#: WorldCereal L2A series): as small as level 5 (the tile store's) within 3 %, and 3× faster to write,
-#: which is what bounds a region's speed.
-MOSAIC_COMPRESSOR = zarr.codecs.BloscCodec(
-    cname="zstd", clevel=1, shuffle=zarr.codecs.BloscShuffle.bitshuffle
-)
+#: The tile store's codec (blosc-zstd level 1, bit shuffle): see tiler.store.COMPRESSOR for the measurement.
+MOSAIC_COMPRESSOR = COMPRESSOR
 #: Two pixel edges closer than this (metres) are the same edge: coordinates go through float64 sums.
 GRID_TOLERANCE_M = 1e-3
 #: Day numbers of the time axis: calendar days (UTC) since the epoch.
