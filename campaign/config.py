@@ -152,6 +152,18 @@ class RetriesConfig(_Section):
     mosaic: int = Field(default=DEFAULT_ATTEMPTS, ge=1)
 
 
+class OutputsConfig(_Section):
+    """What is written from each zone's finished mosaic besides the Zarr store (tiler.outputs)."""
+
+    quicklooks: bool = Field(default=True, description="an RGB PNG per date")
+    cogs: bool = Field(default=False, description="a cloud-optimised GeoTIFF per date, all bands")
+    stac: bool = Field(default=True, description="a STAC collection describing the mosaic's dates")
+
+    @property
+    def any(self) -> bool:
+        return self.quicklooks or self.cogs or self.stac
+
+
 class CampaignConfig(_Section):
     """A whole campaign, as read from its config file."""
 
@@ -166,6 +178,7 @@ class CampaignConfig(_Section):
     fit: FitSection = FitSection()
     resources: ResourcesConfig = ResourcesConfig()
     retries: RetriesConfig = RetriesConfig()
+    outputs: OutputsConfig = OutputsConfig()
 
     @model_validator(mode="after")
     def _period(self) -> CampaignConfig:

@@ -5,6 +5,7 @@ Layout under the campaign output (any fsspec URL)::
     ledger/campaign.json          the campaign's fingerprint and settings (a rerun must match them)
     ledger/tiles/<tile_id>.json   one record per tile: state, attempts (with their worker and GPU), timings
     ledger/runs/<run_id>.json     one summary per run of the driver (wall time, GPU time its actors held)
+    ledger/zones/<epsg>.json      one record per UTM zone: its mosaic and the outputs written from it
 
 A tile with no record is *planned*. Only the driver writes the ledger (one writer), and every record is
 replaced whole: write-then-rename on a local disk, a single PUT on an object store (S3, GCS and Azure make
@@ -30,6 +31,7 @@ from campaign.errors import LedgerError
 
 TILES_DIR = "tiles"
 RUNS_DIR = "runs"
+ZONES_DIR = "zones"
 CAMPAIGN_FILE = "campaign.json"
 _TMP_MARK = ".tmp-"
 
@@ -61,7 +63,8 @@ Outcome = Literal["ok", "error", "worker_died", "interrupted"]
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # Records outlive the code that wrote them: a field added by a later version is ignored, not refused.
+    model_config = ConfigDict(frozen=True, extra="ignore")
 
 
 class Attempt(_Frozen):
@@ -123,8 +126,9 @@ class TileRecord(_Frozen):
         """This record with one more attempt; a success moves the tile on, a failure keeps its state."""
         update: dict[str, Any] = {"attempts": (*self.attempts, attempt), **summary}
         if attempt.outcome == "ok":
-            update.update(state=state or STATE_AFTER[attempt.stage], failed_stage=None, error=None,
-                          permanent=False)
+            update.update(
+                state=state or STATE_AFTER[attempt.stage], failed_stage=None, error=None, permanent=False
+            )
         return self.model_copy(update=update)
 
     def failed(self, stage: Stage, error: str, *, permanent: bool) -> TileRecord:
@@ -146,6 +150,21 @@ class RunRecord(_Frozen):
     gpu_seconds_held: float
     tiles_done: int
     tiles_failed: int
+    #: Seconds the driver loop spent working (not waiting on Ray): scheduling, ledger writes, progress.
+    driver_busy_seconds: float = 0.0
+    #: Of which writing ledger records.
+    ledger_seconds: float = 0.0
+
+
+class ZoneRecord(_Frozen):
+    """The mosaic of one UTM zone, written once the mosaic and its outputs are complete."""
+
+    epsg: int
+    mosaic_url: str
+    run_id: str
+    finished: float
+    #: Output kind (quicklooks, cogs, stac) -> where it was written.
+    outputs: dict[str, str] = {}
 
 
 class LedgerStore(Protocol):
@@ -264,3 +283,10 @@ class Ledger:
     def runs(self) -> list[RunRecord]:
         runs = [RunRecord.model_validate_json(d) for d in self._store.read_dir(RUNS_DIR).values()]
         return sorted(runs, key=lambda r: r.started)
+
+    def put_zone(self, zone: ZoneRecord) -> None:
+        self._store.write(f"{ZONES_DIR}/{zone.epsg}.json", zone.model_dump_json(indent=2).encode())
+
+    def zones(self) -> dict[int, ZoneRecord]:
+        zones = [ZoneRecord.model_validate_json(d) for d in self._store.read_dir(ZONES_DIR).values()]
+        return {z.epsg: z for z in zones}

@@ -7,15 +7,16 @@ campaign resumed five times counts each tile once and each GPU-second once.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, computed_field
 
 from campaign.ledger import RunRecord, Stage, TileRecord, TileState
 
 #: Seconds per hour, for GPU-hours.
 HOUR_S = 3600.0
 DONE_STATES = frozenset({TileState.FITTED, TileState.MOSAICKED})
+MOSAIC_COMPLETE = "complete"
 
 
 class _Frozen(BaseModel):
@@ -64,12 +65,22 @@ class CampaignReport(_Frozen):
     fits_per_gpu: int
     gpus: tuple[GpuUse, ...]
     failed: tuple[FailedTile, ...]
-    mosaics: tuple[str, ...] = ()
+    #: Mosaic URL -> "complete", or why it is not.
+    mosaics: dict[str, str] = {}
+    #: Mosaic URL -> its outputs (quicklooks, cogs, stac) and where they are.
+    outputs: dict[str, dict[str, str]] = {}
 
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def mosaics_incomplete(self) -> dict[str, str]:
+        return {url: state for url, state in self.mosaics.items() if state != MOSAIC_COMPLETE}
+
+    @computed_field  # type: ignore[prop-decorator]
     @property
     def wall_seconds(self) -> float:
         return self.ended - self.started
 
+    @computed_field  # type: ignore[prop-decorator]
     @property
     def km2_per_gpu_hour(self) -> float | None:
         """Area delivered per GPU-hour the campaign's fit actors held (what a cluster bills)."""
@@ -77,14 +88,17 @@ class CampaignReport(_Frozen):
             return None
         return self.km2_done / (self.gpu_seconds_held / HOUR_S)
 
+    @computed_field  # type: ignore[prop-decorator]
     @property
     def max_concurrent_per_gpu(self) -> int:
         return max((g.max_concurrent for g in self.gpus), default=0)
 
+    @computed_field  # type: ignore[prop-decorator]
     @property
     def exit_code(self) -> int:
-        """0 when every planned tile is done; 1 when any failed or was left undone."""
-        return 0 if self.tiles_failed == 0 and self.tiles_pending == 0 and not self.interrupted else 1
+        """0 when every planned tile is done and mosaicked; 1 when any failed or was left undone."""
+        finished = self.tiles_failed == 0 and self.tiles_pending == 0 and not self.mosaics_incomplete
+        return 0 if finished and not self.interrupted else 1
 
 
 def max_overlap(intervals: Iterable[tuple[float, float]]) -> int:
@@ -126,7 +140,8 @@ def build_report(
     runs: Iterable[RunRecord],
     skipped: int,
     fits_per_gpu: int,
-    mosaics: Sequence[str] = (),
+    mosaics: Mapping[str, str] | None = None,
+    outputs: Mapping[str, Mapping[str, str]] | None = None,
 ) -> CampaignReport:
     """Assemble the report; ``planned`` is (tile id, km²) of every tile of the plan."""
     by_id = {r.tile_id: r for r in records}
@@ -167,7 +182,8 @@ def build_report(
             )
             for r in sorted(failed, key=lambda r: r.tile_id)
         ),
-        mosaics=tuple(mosaics),
+        mosaics=dict(mosaics or {}),
+        outputs={url: dict(kinds) for url, kinds in (outputs or {}).items()},
     )
 
 
@@ -197,7 +213,9 @@ def summary_lines(report: CampaignReport) -> list[str]:
             f"GPU pinning: at most {report.max_concurrent_per_gpu} fits at once per GPU "
             f"(allowed {report.fits_per_gpu}) over {len(report.gpus)} GPUs"
         )
-    lines.extend(f"mosaic: {url}" for url in report.mosaics)
+    for url, state in report.mosaics.items():
+        lines.append(f"mosaic ({state}): {url}")
+        lines.extend(f"  {kind}: {where}" for kind, where in report.outputs.get(url, {}).items())
     for tile in report.failed:
         kind = "bad input" if tile.permanent else f"after {tile.attempts} attempts"
         lines.append(f"FAILED {tile.tile_id} at {tile.stage} ({kind}): {tile.error}")

@@ -29,7 +29,12 @@ from campaign.report import build_report, gpu_use, max_overlap
 
 def _attempt(stage: Stage, number: int, outcome: str = "ok", **kw: object) -> Attempt:
     base: dict[str, object] = {
-        "stage": stage, "number": number, "run_id": "r1", "started": 10.0, "ended": 12.5, "outcome": outcome
+        "stage": stage,
+        "number": number,
+        "run_id": "r1",
+        "started": 10.0,
+        "ended": 12.5,
+        "outcome": outcome,
     }
     return Attempt.model_validate(base | kw)
 
@@ -101,9 +106,7 @@ while True:
 
 def test_record_survives_a_writer_killed_mid_write(tmp_path: Path) -> None:
     """SIGKILL a process that rewrites a growing record in a loop: what is left parses, whole."""
-    proc = subprocess.Popen(
-        [sys.executable, "-c", WRITER, str(tmp_path)], stdout=subprocess.PIPE, text=True
-    )
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path)], stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
     time.sleep(1.5)
     proc.send_signal(signal.SIGKILL)
@@ -120,8 +123,17 @@ def test_ledger_on_s3_endpoint(s3_endpoint: dict[str, object]) -> None:
     ledger.put(_record().record(_attempt(Stage.INGEST, 1)))
     ledger.write_campaign({"name": "x", "fingerprint": "abc"})
     ledger.put_run(
-        RunRecord(run_id="r1", started=1, ended=2, interrupted=False, fit_actors=2, gpu_share=0.5,
-                  gpu_seconds_held=3.0, tiles_done=1, tiles_failed=0)
+        RunRecord(
+            run_id="r1",
+            started=1,
+            ended=2,
+            interrupted=False,
+            fit_actors=2,
+            gpu_share=0.5,
+            gpu_seconds_held=3.0,
+            tiles_done=1,
+            tiles_failed=0,
+        )
     )
     again = Ledger.open(url, s3_endpoint)
     assert again.get("32631_c0001_r0002") == ledger.get("32631_c0001_r0002")
@@ -172,12 +184,30 @@ def test_report_counts_each_tile_once_and_all_gpu_time() -> None:
         .failed(fit, "cloudy", permanent=True)
     )
     report = build_report(
-        name="t", output="/o", fingerprint="f", run_id="r", started=0, ended=100, interrupted=False,
+        name="t",
+        output="/o",
+        fingerprint="f",
+        run_id="r",
+        started=0,
+        ended=100,
+        interrupted=False,
         planned=[("32631_c0001_r0001", 25.0), ("32631_c0002_r0001", 25.0), ("32631_c0003_r0001", 25.0)],
         records=[done, failed],
-        runs=[RunRecord(run_id="r", started=0, ended=100, interrupted=False, fit_actors=2, gpu_share=0.5,
-                        gpu_seconds_held=100.0, tiles_done=1, tiles_failed=1)],
-        skipped=0, fits_per_gpu=2,
+        runs=[
+            RunRecord(
+                run_id="r",
+                started=0,
+                ended=100,
+                interrupted=False,
+                fit_actors=2,
+                gpu_share=0.5,
+                gpu_seconds_held=100.0,
+                tiles_done=1,
+                tiles_failed=1,
+            )
+        ],
+        skipped=0,
+        fits_per_gpu=2,
     )
     assert (report.tiles_done, report.tiles_failed, report.tiles_pending) == (1, 1, 1)
     assert report.km2_done == 25.0 and report.km2_planned == 75.0

@@ -1,0 +1,258 @@
+"""The campaign on a real local Ray cluster with two fake GPUs, real fits on real sample tiles.
+
+One Ray instance (``ray.init(num_cpus=2, num_gpus=2)``) serves the module; drivers run in this process
+or as `declouder run --address ...` subprocesses joined to it. The data is the committed real sample
+(WorldCereal 31UES, Belgium) served as an ItemCollection of local COGs; tiles are 64×64 px so that
+real `smoke` fits take seconds on a CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from campaign_data import CLOUDY_PERIOD, POISON_TILE, sample_catalog, write_config
+
+from campaign.config import load_config
+from campaign.driver import CampaignProgress, OutputLayout, run_campaign
+from campaign.ledger import Ledger, Stage, TileState
+from campaign.report import CampaignReport
+from tiler.store import tile_status
+
+ray = pytest.importorskip("ray")
+
+#: Seconds between a fit's start and killing its actor: the smoke fits here run for several seconds.
+KILL_DELAY_S = 1.0
+#: How long a subprocess campaign may take before the test gives up on it.
+CAMPAIGN_TIMEOUT_S = 400
+
+
+@pytest.fixture(scope="module")
+def ray_address() -> Iterator[str]:
+    """A local Ray cluster with 2 CPUs and 2 fake GPUs, shared by the module's campaigns."""
+    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, logging_level="WARNING")
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return sample_catalog(tmp_path_factory.mktemp("catalog"))
+
+
+def _kill(how: str, name: str, pid: int) -> None:
+    if how == "ray.kill":
+        ray.kill(ray.get_actor(name), no_restart=False)
+    else:  # what the kernel's OOM killer does
+        os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def faulty_run(
+    ray_address: str, sample: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Any]:
+    """A campaign of 4 tiles on 4 fit actors (2 per fake GPU) where two fits (of two tiles) lose their
+    actor mid-fit: one to ray.kill, one to SIGKILL of the actor's process."""
+    config = load_config(write_config(tmp_path_factory.mktemp("faulty"), sample))
+    kills: list[dict[str, Any]] = []
+    events: list[CampaignProgress] = []
+
+    def on_event(event: CampaignProgress) -> None:
+        events.append(event)
+        fresh = all(event.tile_id != k["tile"] for k in kills)  # the second kill hits another tile
+        if event.kind == "fit_started" and event.worker is not None and len(kills) < 2 and fresh:
+            how = "ray.kill" if not kills else "SIGKILL"
+            kills.append(
+                {"how": how, "tile": event.tile_id, "actor": event.worker.name, "pid": event.worker.pid}
+            )
+            threading.Timer(KILL_DELAY_S, _kill, (how, event.worker.name, event.worker.pid)).start()
+
+    report = run_campaign(config, progress=on_event)
+    return {"config": config, "report": report, "kills": kills, "events": events}
+
+
+def test_campaign_fits_every_tile_and_mosaics_them(faulty_run: dict[str, Any]) -> None:
+    from tiler.mosaic import open_mosaic
+
+    report: CampaignReport = faulty_run["report"]
+    config = faulty_run["config"]
+    assert (report.tiles_planned, report.tiles_done, report.tiles_failed) == (4, 4, 0)
+    assert report.exit_code == 0
+    ledger = Ledger.open(OutputLayout(config.output).ledger)
+    assert {r.state for r in ledger} == {TileState.MOSAICKED}
+    mosaic_url = OutputLayout(config.output).mosaic(32631)
+    assert report.mosaics == {mosaic_url: "complete"}
+    mosaic = open_mosaic(mosaic_url)
+    declouded = mosaic["s2_declouded"].values
+    assert declouded.shape[1] == len(config.catalog.model_extra["bands"])
+    assert (declouded > 0).mean() > 0.5  # the 2×2 cells lie inside the site: mostly real reflectance
+    outputs = report.outputs[mosaic_url]
+    assert sorted(outputs) == ["quicklooks", "stac"]
+    assert len(list(Path(outputs["quicklooks"]).glob("*.png"))) == mosaic.sizes["time"]
+    assert json.loads(Path(outputs["stac"]).read_text())["type"] == "Collection"
+    saved = json.loads(Path(config.output, "report.json").read_text())
+    assert saved["tiles_done"] == 4 and saved["exit_code"] == 0
+
+
+def test_each_fit_is_pinned_to_one_gpu_and_gpus_are_never_oversubscribed(faulty_run: dict[str, Any]) -> None:
+    report: CampaignReport = faulty_run["report"]
+    ledger = Ledger.open(OutputLayout(faulty_run["config"].output).ledger)
+    fits = [a for r in ledger for a in r.attempts if a.stage == Stage.FIT and a.outcome == "ok"]
+    assert len(fits) == 4
+    for attempt in fits:
+        # Recorded inside the actor: Ray gave it one GPU and CUDA_VISIBLE_DEVICES names exactly that one.
+        assert len(attempt.gpu_ids) == 1
+        assert attempt.cuda_visible_devices == attempt.gpu_ids[0]
+        assert attempt.gpu_share == 0.5
+    assert {g.gpu_id for g in report.gpus} <= {"0", "1"}
+    assert report.fits_per_gpu == 2
+    assert 1 <= report.max_concurrent_per_gpu <= 2
+    assert report.gpu_seconds_fits > 0 and report.gpu_seconds_held >= report.gpu_seconds_fits
+
+
+def test_killed_actors_lose_no_tile_and_count_none_twice(faulty_run: dict[str, Any]) -> None:
+    kills = faulty_run["kills"]
+    assert [k["how"] for k in kills] == ["ray.kill", "SIGKILL"]
+    ledger = Ledger.open(OutputLayout(faulty_run["config"].output).ledger)
+    for record in ledger:
+        assert record.successes_at(Stage.FIT) == 1, record.tile_id
+    for kill in kills:
+        record = ledger.get(kill["tile"])
+        assert record is not None
+        fits = [a for a in record.attempts if a.stage == Stage.FIT]
+        died = [a for a in fits if a.outcome == "worker_died"]
+        assert [a.worker for a in died] == [kill["actor"]]
+        assert died[0].seconds >= KILL_DELAY_S * 0.9  # it was killed mid-fit, not before it started
+        # The retry ran in another process: another actor, or the dead one restarted by Ray.
+        ok = [a for a in fits if a.outcome == "ok"]
+        assert ok[0].pid != kill["pid"] and ok[0].number == 2
+    report: CampaignReport = faulty_run["report"]
+    assert report.worker_deaths == 2 and report.fit_attempts == 6
+    assert any(e.kind == "worker_died" for e in faulty_run["events"])
+
+
+def _declouder(*args: str, cwd: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "campaign", *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def _states(ledger_url: str) -> dict[str, TileState]:
+    try:
+        return {r.tile_id: r.state for r in Ledger.open(ledger_url)}
+    except Exception:  # noqa: BLE001  (a record being replaced while we poll: look again)
+        return {}
+
+
+def _wait_for(predicate: Any, proc: subprocess.Popen[str], timeout: float = CAMPAIGN_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if proc.poll() is not None:
+            out = proc.stdout.read() if proc.stdout else ""
+            raise AssertionError(
+                f"campaign ended (rc {proc.returncode}) before the test could stop it:\n{out}"
+            )
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError("timed out waiting for the campaign")
+        time.sleep(0.2)
+
+
+def _mtime(store: str) -> float:
+    return Path(store, "zarr.json").stat().st_mtime
+
+
+def test_ctrl_c_then_driver_killed_then_rerun_finishes_only_what_was_missing(
+    ray_address: str, sample: dict[str, Any], tmp_path: Path
+) -> None:
+    path = write_config(tmp_path, sample, fit_actors=2)
+    layout = OutputLayout(str(tmp_path / "out"))
+    fitted = lambda: {t for t, s in _states(layout.ledger).items() if s == TileState.FITTED}  # noqa: E731
+
+    # Run 1: Ctrl-C once a tile is fitted -> exit 130, ledger and report written.
+    proc = _declouder("run", str(path), "--address", ray_address, "--no-live", cwd=tmp_path)
+    _wait_for(lambda: len(fitted()) >= 1, proc)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out
+    assert "rerun the same command to resume" in out
+    first = fitted()
+    assert 1 <= len(first) < 4
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["interrupted"] is True
+    stamps = {t: _mtime(layout.fitted(t)) for t in first}
+
+    # Run 2: killed outright (SIGKILL: no handler runs) once one more tile is fitted.
+    proc = _declouder("run", str(path), "--address", ray_address, "--no-live", cwd=tmp_path)
+    _wait_for(lambda: len(fitted() - first) >= 1, proc)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    second = fitted() - first
+    stamps |= {t: _mtime(layout.fitted(t)) for t in second}
+    ingested = {
+        t: _mtime(layout.ingested(t)) for t, s in _states(layout.ledger).items() if s == TileState.INGESTED
+    }
+
+    # Run 3: resumes and finishes; nothing done before is redone.
+    proc = _declouder("run", str(path), "--address", ray_address, "--no-live", cwd=tmp_path)
+    out, _ = proc.communicate(timeout=CAMPAIGN_TIMEOUT_S)
+    assert proc.returncode == 0, out
+    assert f"({len(first | second)} already done before this run)" in out
+    ledger = Ledger.open(layout.ledger)
+    assert {r.state for r in ledger} == {TileState.MOSAICKED}
+    for tile_id, stamp in stamps.items():
+        assert _mtime(layout.fitted(tile_id)) == stamp, f"{tile_id} was fitted again"
+    for tile_id, stamp in ingested.items():
+        assert _mtime(layout.ingested(tile_id)) == stamp, f"{tile_id} was ingested again"
+    # Runs 1 and 3 ended and left their run records; run 2 was killed and left none.
+    runs = ledger.runs()
+    assert [r.interrupted for r in runs] == [True, False]
+    fit_runs: dict[str, str] = {}
+    for record in ledger:
+        assert record.successes_at(Stage.FIT) == 1
+        assert record.successes_at(Stage.INGEST) == 1
+        fit_runs[record.tile_id] = next(
+            a.run_id for a in record.attempts if a.stage == Stage.FIT and a.outcome == "ok"
+        )
+    assert {fit_runs[t] for t in first} == {runs[0].run_id}
+    killed_run = {fit_runs[t] for t in second}
+    assert len(killed_run) == 1 and killed_run.isdisjoint({runs[0].run_id, runs[1].run_id})
+    assert {fit_runs[t] for t in fit_runs.keys() - first - second} <= {runs[1].run_id}
+    interrupted = [a for r in ledger for a in r.attempts if a.outcome == "interrupted"]
+    assert interrupted and all(a.run_id == runs[0].run_id for a in interrupted)
+
+
+def test_poison_tile_fails_with_its_reason_and_the_rest_completes(
+    ray_address: str, sample: dict[str, Any], tmp_path: Path
+) -> None:
+    path = write_config(tmp_path, sample, period=CLOUDY_PERIOD, fit_actors=2)
+    proc = _declouder("run", str(path), "--address", ray_address, "--no-live", cwd=tmp_path)
+    out, _ = proc.communicate(timeout=CAMPAIGN_TIMEOUT_S)
+    assert proc.returncode == 1, out
+    assert f"FAILED {POISON_TILE} at fit (bad input)" in out and "no clear pixel" in out
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert (report["tiles_done"], report["tiles_failed"], report["exit_code"]) == (3, 1, 1)
+    assert [f["tile_id"] for f in report["failed"]] == [POISON_TILE]
+    assert "no clear pixel" in report["failed"][0]["error"]
+    record = Ledger.open(OutputLayout(str(tmp_path / "out")).ledger).get(POISON_TILE)
+    assert record is not None and record.permanent and record.failed_stage == Stage.FIT
+    # Bad input is not retried: one attempt, and nothing written for it.
+    assert record.attempts_at(Stage.FIT) == 1
+    assert tile_status(OutputLayout(str(tmp_path / "out")).fitted(POISON_TILE)) == "missing"
+    # The mosaic still completes: the poisoned cell gets what its neighbours' overlaps cover.
+    assert list(report["mosaics"].values()) == ["complete"]

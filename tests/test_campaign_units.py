@@ -1,0 +1,122 @@
+"""Campaign pieces that need no Ray: pool sizing, the output claim, the estimate, the live view."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from campaign.config import CampaignConfig, ResourcesConfig, parse_config
+from campaign.driver import CampaignProgress, OutputLayout, claim_output, fit_pool
+from campaign.errors import CampaignMismatchError
+from campaign.estimate import REFERENCE_DATES, REFERENCE_PIXELS, estimate_campaign, estimate_lines
+from campaign.ledger import Ledger
+from campaign.live import LiveView
+from tiler.grid import TileRef
+
+AREA = "4.0,50.7,4.3,50.9"
+
+
+def _config(tmp_path: Path, **changes: object) -> CampaignConfig:
+    (tmp_path / "items.json").write_text('{"type": "FeatureCollection", "features": []}')
+    data: dict[str, object] = {
+        "area": AREA,
+        "start": "2021-04-01",
+        "end": "2021-09-30",
+        "output": "out",
+        "catalog": {"items": "items.json"},
+        "fit": {"preset": "smoke"},
+    }
+    data.update(changes)
+    return parse_config(data, base=tmp_path)
+
+
+def test_pool_on_gpus_is_fits_per_gpu_actors_per_gpu() -> None:
+    pool = fit_pool(ResourcesConfig(gpus_per_fit=0.25, cpus_per_fit=1), {"GPU": 2, "CPU": 32}, "auto")
+    assert (pool.actors, pool.num_gpus, pool.num_cpus, pool.device) == (8, 0.25, 1, "auto")
+
+
+def test_pool_leaves_a_cpu_for_ingest() -> None:
+    # 2 GPUs × 4 fits would take all 8 CPUs at 1 CPU each: no CPU left for an ingest task.
+    pool = fit_pool(ResourcesConfig(gpus_per_fit=0.25, cpus_per_fit=1), {"GPU": 2, "CPU": 8}, "auto")
+    assert pool.actors == 7
+    cpu = fit_pool(ResourcesConfig(cpus_per_fit=0.5, ingest_cpus=1), {"CPU": 2}, "auto")
+    assert (cpu.actors, cpu.num_gpus, cpu.device) == (2, 0.0, "cpu")
+    assert "no GPUs in the Ray cluster" in cpu.note
+
+
+def test_pool_on_a_cluster_scaling_up_from_zero_gpus() -> None:
+    pool = fit_pool(ResourcesConfig(gpus_per_fit=0.5), {"CPU": 0}, "cuda")
+    assert (pool.actors, pool.num_gpus) == (2, 0.5)
+    assert "autoscaler" in pool.note
+    wanted = fit_pool(ResourcesConfig(gpus_per_fit=0.5, fit_actors=16), {}, "cuda")
+    assert wanted.actors == 16
+
+
+def test_rerun_with_other_settings_is_refused(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    tiles = [TileRef(32631, 1, 1)]
+    ledger = Ledger.open(OutputLayout(config.output).ledger)
+    assert claim_output(ledger, config, tiles) is False
+    assert claim_output(ledger, config, tiles) is True
+    more = _config(tmp_path, resources={"ingest_concurrency": 9})
+    assert claim_output(ledger, more, tiles) is True
+    later = _config(tmp_path, end="2021-10-31")
+    with pytest.raises(CampaignMismatchError, match=r"different settings \(end\).*use a new output URL"):
+        claim_output(ledger, later, tiles)
+
+
+def test_estimate_scales_the_reference_by_dates_and_pixels(tmp_path: Path) -> None:
+    from fit import PRESETS
+
+    config = _config(tmp_path, grid={"size": [192, 384]})
+    measured = PRESETS["smoke"].replace(seconds_per_tile_reference=600.0, reference_device="NVIDIA H100")
+    estimate = estimate_campaign(config, gpu_hour_price=2.0, gpus=4, fit_config=measured)
+    assert estimate.tiles > 0
+    assert estimate.dates_per_tile == round(183 / 5)
+    iterations = measured.total_iterations(estimate.dates_per_tile) / measured.total_iterations(
+        REFERENCE_DATES
+    )
+    expected = 600.0 * iterations * (192 * 384) / REFERENCE_PIXELS
+    assert estimate.seconds_per_tile == pytest.approx(expected)
+    assert estimate.gpu_hours == pytest.approx(expected * estimate.tiles / 3600)
+    assert estimate.cost == pytest.approx(estimate.gpu_hours * 2.0)
+    assert estimate.wall_hours == pytest.approx(estimate.gpu_hours / 4)
+    text = "\n".join(estimate_lines(estimate, config))
+    assert "measured on NVIDIA H100" in text and "cost:" in text
+    unmeasured = estimate_campaign(
+        config, fit_config=PRESETS["smoke"].replace(seconds_per_tile_reference=None)
+    )
+    assert unmeasured.gpu_hours is None
+    assert "carries no measured seconds per tile" in "\n".join(estimate_lines(unmeasured, config))
+
+
+def test_live_view_prints_one_line_per_event_off_a_terminal() -> None:
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=False, width=200)
+
+    def event(kind: str, message: str, fitted: int) -> CampaignProgress:
+        return CampaignProgress(
+            kind=kind,
+            message=message,
+            tile_id=None,
+            total=4,
+            states={"fitted": fitted, "planned": 4 - fitted},
+            ingesting=0,
+            fitting=1,
+            mosaicking=0,
+            elapsed_s=10.0,
+            eta_s=30.0,
+            gpu_seconds_held=7.0,
+            gpu_seconds_fits=5.0,
+        )
+
+    with LiveView(console, "t") as view:
+        view(event("fit_started", "fitting a", 0))
+        view(event("fitted", "fitted a in 3.0 s", 1))
+        view(event("failed", "b failed at fit: no clear pixel", 1))
+    lines = out.getvalue().splitlines()
+    assert lines == [lines[0], lines[1]] and "[1/4] fitted a in 3.0 s" in lines[0]
+    assert "[1/4] b failed at fit: no clear pixel" in lines[1]
