@@ -62,6 +62,7 @@ def write_config(
     period: tuple[str, str] = PERIOD,
     fit_actors: int | None = None,
     output: str = "out",
+    top: str = "",
     extra: str = "",
 ) -> Path:
     """A campaign config over the sample: smoke fits, 0.5 GPU per fit, small CPU shares for 2 cores."""
@@ -73,6 +74,7 @@ area = "{sample["area"]}"
 start = {period[0]}
 end = {period[1]}
 output = "{output}"
+{top}
 
 [catalog]
 items = "{sample["items"]}"

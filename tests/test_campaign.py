@@ -237,22 +237,39 @@ def test_ctrl_c_then_driver_killed_then_rerun_finishes_only_what_was_missing(
     assert interrupted and all(a.run_id == runs[0].run_id for a in interrupted)
 
 
-def test_poison_tile_fails_with_its_reason_and_the_rest_completes(
-    ray_address: str, sample: dict[str, Any], tmp_path: Path
+def test_poison_tile_fails_with_its_reason_and_the_rest_completes_on_s3(
+    ray_address: str, sample: dict[str, Any], s3_endpoint: dict[str, Any], tmp_path: Path
 ) -> None:
-    path = write_config(tmp_path, sample, period=CLOUDY_PERIOD, fit_actors=2)
+    """The whole campaign writes to an S3 endpoint (moto's server): ledger, tiles, mosaic, outputs."""
+    import fsspec
+
+    output = "s3://declouder-test/poison-campaign"
+    options = "storage_options = " + _toml_inline(s3_endpoint)
+    path = write_config(tmp_path, sample, period=CLOUDY_PERIOD, fit_actors=2, output=output, top=options)
     proc = _declouder("run", str(path), "--address", ray_address, "--no-live", cwd=tmp_path)
     out, _ = proc.communicate(timeout=CAMPAIGN_TIMEOUT_S)
     assert proc.returncode == 1, out
     assert f"FAILED {POISON_TILE} at fit (bad input)" in out and "no clear pixel" in out
-    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    fs = fsspec.filesystem("s3", **s3_endpoint)
+    report = json.loads(fs.cat_file(f"{output}/report.json"))
     assert (report["tiles_done"], report["tiles_failed"], report["exit_code"]) == (3, 1, 1)
     assert [f["tile_id"] for f in report["failed"]] == [POISON_TILE]
     assert "no clear pixel" in report["failed"][0]["error"]
-    record = Ledger.open(OutputLayout(str(tmp_path / "out")).ledger).get(POISON_TILE)
+    layout = OutputLayout(output)
+    record = Ledger.open(layout.ledger, s3_endpoint).get(POISON_TILE)
     assert record is not None and record.permanent and record.failed_stage == Stage.FIT
     # Bad input is not retried: one attempt, and nothing written for it.
     assert record.attempts_at(Stage.FIT) == 1
-    assert tile_status(OutputLayout(str(tmp_path / "out")).fitted(POISON_TILE)) == "missing"
+    assert tile_status(layout.fitted(POISON_TILE), s3_endpoint) == "missing"
+    for tile_id in {r.tile_id for r in Ledger.open(layout.ledger, s3_endpoint)} - {POISON_TILE}:
+        assert tile_status(layout.fitted(tile_id), s3_endpoint) == "complete"
     # The mosaic still completes: the poisoned cell gets what its neighbours' overlaps cover.
-    assert list(report["mosaics"].values()) == ["complete"]
+    assert report["mosaics"] == {layout.mosaic(32631): "complete"}
+    assert fs.exists(report["outputs"][layout.mosaic(32631)]["stac"])
+
+
+def _toml_inline(value: Any) -> str:
+    """A TOML inline value (tables, strings, numbers) for a config line."""
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml_inline(v)}" for k, v in value.items()) + " }"
+    return json.dumps(value)
