@@ -52,7 +52,7 @@ def _fallback(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
 def _finish(
     values: np.ndarray, keep: np.ndarray, filled: np.ndarray, valid: np.ndarray | None = None
 ) -> np.ndarray:
-    """Keep the observations under ``keep``; where a pixel has nothing to fill from, the fallback."""
+    """Keep the observations under ``keep``; NaN in ``filled`` (nothing to fill from) -> the fallback."""
     valid = keep if valid is None else valid
     filled = np.where(np.isfinite(filled), filled, _fallback(values, valid))
     return np.where(keep[:, None], values, filled).astype(values.dtype)
@@ -79,16 +79,14 @@ def temporal_linear(
     # np.where, not arithmetic, picks the one-sided cases: the missing side may hold NaN.
     one_sided = np.where(has_prev[:, None], v_prev, v_next)
     filled = np.where(both[:, None], (1.0 - weight) * v_prev + weight * v_next, one_sided)
-    if leave_one_out:
-        reachable = ((prev >= 0) | (nxt < n))[:, None]
-        return _finish(values, np.zeros_like(valid), np.where(reachable, filled, np.nan), valid)
-    return _finish(values, valid, filled)
+    filled = np.where((has_prev | has_next)[:, None], filled, np.nan)  # nothing to interpolate from
+    return _finish(values, np.zeros_like(valid) if leave_one_out else valid, filled, valid)
 
 
 def mosaic_mean(values: np.ndarray, valid: np.ndarray, days: np.ndarray) -> np.ndarray:
     count = valid.sum(axis=0)
     total = np.where(valid[:, None], values, 0).sum(axis=0)
-    mean = total / np.maximum(count, 1)[None]
+    mean = np.where(count[None] > 0, total / np.maximum(count, 1)[None], np.nan)
     return _finish(values, valid, np.broadcast_to(mean[None], values.shape))
 
 
@@ -99,7 +97,8 @@ def nearest_clear(values: np.ndarray, valid: np.ndarray, days: np.ndarray) -> np
     gap_prev = np.where(prev >= 0, t - np.take(t.ravel(), np.clip(prev, 0, n - 1)), np.inf)
     gap_next = np.where(nxt < n, np.take(t.ravel(), np.clip(nxt, 0, n - 1)) - t, np.inf)
     pick = np.where(gap_prev <= gap_next, prev, nxt)
-    return _finish(values, valid, _take(values, pick))
+    reachable = np.isfinite(np.minimum(gap_prev, gap_next))[:, None]
+    return _finish(values, valid, np.where(reachable, _take(values, pick), np.nan))
 
 
 Baseline = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]

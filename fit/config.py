@@ -17,6 +17,15 @@ from fit.masks import MaskRefinement
 InputKind = Literal["s1", "noise"]
 INPUT_KINDS: tuple[str, ...] = ("s1", "noise")
 LrDecay = Literal["none", "cosine"]
+#: Arithmetic of the fit: "auto" = bf16 autocast where the device runs it fast (CUDA with bf16), else fp32.
+Precision = Literal["auto", "fp32", "bf16"]
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
+#: Activation layout: "auto" = channels-last 3D on CUDA (cuDNN's fast layout for bf16), contiguous on CPU.
+MemoryFormat = Literal["auto", "contiguous", "channels_last"]
+MEMORY_FORMATS: tuple[str, ...] = ("auto", "contiguous", "channels_last")
+#: torch.compile of the training step: "off", "default", or "reduce-overhead" (CUDA graphs on CUDA).
+CompileMode = Literal["off", "default", "reduce-overhead"]
+COMPILE_MODES: tuple[str, ...] = ("off", "default", "reduce-overhead")
 
 #: Zhang et al.'s widths, down and up, one per level, and their 4-channel skips (REFERENCE.md).
 PAPER_CHANNELS: tuple[int, ...] = (16, 32, 64, 128, 128, 128)
@@ -58,6 +67,23 @@ class FitConfig:
     masks: MaskRefinement = field(default_factory=MaskRefinement)
     #: Keep the observed values where the (refined) mask is clear; the network fills only the rest.
     keep_clear: bool = False
+    # -- cost levers (docs/fit.md "Cost") --
+    #: Share of the clear pixels held out of the loss; their L2 error decides when to stop (0 = off).
+    holdout_fraction: float = 0.0
+    #: Stop once the held-out error, averaged over the last pass's windows, has not improved by
+    #: ``stop_min_delta`` (relative) for ``stop_patience`` passes' worth of window visits.
+    stop_patience: float = 1.0
+    stop_min_delta: float = 0.01
+    #: Add the perceptual term on every n-th iteration only (1 = every iteration, as published).
+    perceptual_every: int = 1
+    #: Windows trained together in one step, as a batch (1 = one window at a time, as published).
+    windows_per_step: int = 1
+    #: Passes to run when the fit starts from a neighbour's weights (``init_weights``); None = ``passes``.
+    warm_passes: int | None = None
+    # -- the device path (GPU levers; no effect on what is computed beyond rounding) --
+    precision: Precision = "auto"
+    memory_format: MemoryFormat = "auto"
+    compile: CompileMode = "off"
     # -- cost, for planning campaigns (``declouder estimate``) --
     seconds_per_tile_reference: float | None = None
     reference_device: str | None = None
@@ -82,6 +108,15 @@ class FitConfig:
             f"input in {INPUT_KINDS}": self.input in INPUT_KINDS,
             "noise_scale > 0": self.noise_scale > 0,
             "input_jitter >= 0": self.input_jitter >= 0,
+            "0 <= holdout_fraction < 0.5": 0 <= self.holdout_fraction < 0.5,
+            "stop_patience > 0": self.stop_patience > 0,
+            "stop_min_delta >= 0": self.stop_min_delta >= 0,
+            "perceptual_every >= 1": self.perceptual_every >= 1,
+            "windows_per_step >= 1": self.windows_per_step >= 1,
+            "warm_passes >= 1 or None": self.warm_passes is None or self.warm_passes >= 1,
+            f"precision in {PRECISIONS}": self.precision in PRECISIONS,
+            f"memory_format in {MEMORY_FORMATS}": self.memory_format in MEMORY_FORMATS,
+            f"compile in {COMPILE_MODES}": self.compile in COMPILE_MODES,
             "seconds_per_tile_reference > 0 with its reference_device": (
                 self.seconds_per_tile_reference is None
                 or (self.seconds_per_tile_reference > 0 and bool(self.reference_device))
@@ -101,8 +136,14 @@ class FitConfig:
 
         return len(windows(n_dates, self.window, self.stride))
 
-    def total_iterations(self, n_dates: int) -> int:
-        return self.passes * self.n_windows(n_dates) * self.iterations_per_window
+    def steps_per_pass(self, n_dates: int) -> int:
+        """Groups of windows trained together in one pass (``windows_per_step`` windows per group)."""
+        return -(-self.n_windows(n_dates) // self.windows_per_step)
+
+    def total_iterations(self, n_dates: int, *, warm: bool = False) -> int:
+        """Optimiser steps of the full schedule (early stopping may end it sooner)."""
+        passes = self.warm_passes if warm and self.warm_passes is not None else self.passes
+        return passes * self.steps_per_pass(n_dates) * self.iterations_per_window
 
     def replace(self, **changes: Any) -> FitConfig:
         return dataclasses.replace(self, **changes)

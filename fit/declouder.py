@@ -7,12 +7,13 @@ clear pixels window by window, then take every date's output from the window it 
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import itertools
 import math
 import resource
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,11 +21,11 @@ import torch
 
 from fit.baselines import mosaic_mean, temporal_linear
 from fit.config import FitConfig
-from fit.errors import AllCloudyError, FitConfigError, FitInputError
+from fit.errors import AllCloudyError, FitConfigError, FitInputError, WarmStartError
 from fit.losses import PerceptualLoss, masked_l2
 from fit.masks import refine_masks
 from fit.network import EncoderDecoder3D, SpatialPlan, crop_spatial, pad_spatial, spatial_plan
-from fit.schedule import output_windows, visit_order, windows
+from fit.schedule import output_windows, visit_groups, windows
 from fit.vgg import VGG16, load_vgg16
 from tiler.store import MaskClass
 
@@ -36,6 +37,8 @@ GUIDE_EPS = 1e-3
 PROGRESS_EVENTS = 200
 #: Points of the loss curve kept in results and store attributes.
 LOSS_CURVE_POINTS = 200
+#: Second word of the seed of the held-out pixel draw, so it never repeats the visit order's draws.
+HOLDOUT_STREAM = 1
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,18 @@ class DecloudResult:
     device: str
     peak_memory_bytes: int
     peak_memory_kind: str
+    #: Optimiser steps the full schedule would take; ``iterations`` is fewer when it stopped early.
+    scheduled_iterations: int = 0
+    #: Mean L2 error on the held-out clear pixels over the last pass (NaN without a hold-out).
+    holdout_loss: float = float("nan")
+    stopped_early: bool = False
+    #: What ran: "fp32" or "bf16"; "contiguous" or "channels_last"; the compile mode.
+    precision: str = "fp32"
+    memory_format: str = "contiguous"
+    compile: str = "off"
+    #: Started from a neighbour's weights; the final weights (CPU tensors), for the next neighbour.
+    warm_started: bool = False
+    weights: Mapping[str, torch.Tensor] | None = None
 
     @property
     def final_loss(self) -> float:
@@ -152,6 +167,82 @@ def _peak_memory(device: torch.device) -> tuple[int, str]:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, "process peak RSS"
 
 
+@dataclass(frozen=True)
+class DevicePath:
+    """How the fit runs on its device: autocast precision, activation layout, compile mode."""
+
+    precision: str
+    memory_format: str
+    compile: str
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        return torch.bfloat16 if self.precision == "bf16" else None
+
+    @property
+    def torch_memory_format(self) -> torch.memory_format:
+        return torch.channels_last_3d if self.memory_format == "channels_last" else torch.contiguous_format
+
+
+def device_path(config: FitConfig, device: torch.device) -> DevicePath:
+    """Resolve the config's ``auto`` choices for ``device``.
+
+    bf16 autocast and channels-last 3D are what make cuDNN's tensor-core convolution kernels apply on
+    NVIDIA GPUs; on a CPU, oneDNN's bf16 3D convolutions are several times *slower* than fp32 (measured,
+    docs/fit.md "Cost"), so ``auto`` keeps fp32 and the default layout there.
+    """
+    cuda = device.type == "cuda"
+    precision = config.precision
+    if precision == "auto":
+        precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
+    memory_format = config.memory_format
+    if memory_format == "auto":
+        memory_format = "channels_last" if cuda else "contiguous"
+    return DevicePath(precision, memory_format, config.compile)
+
+
+class EarlyStop:
+    """Stops a fit once its error on held-out clear pixels stops improving.
+
+    The error of each window visit is the held-out L2 of that visit's last forward pass (no extra
+    compute); a pass's worth of visits is averaged so the comparison is over the same windows. The fit
+    stops when that average has not improved on its best by ``min_delta`` (relative) for ``patience``
+    visits.
+    """
+
+    def __init__(self, visits_per_pass: int, patience: int, min_delta: float) -> None:
+        self.recent: collections.deque[float] = collections.deque(maxlen=visits_per_pass)
+        self.patience = patience
+        self.min_delta = min_delta
+        self.best = math.inf
+        self.since_best = 0
+
+    @property
+    def current(self) -> float:
+        return float(np.mean(self.recent)) if self.recent else float("nan")
+
+    def update(self, holdout_loss: float) -> bool:
+        """Record one visit's held-out error; True when the fit should stop."""
+        self.recent.append(holdout_loss)
+        if len(self.recent) < (self.recent.maxlen or 1):
+            return False
+        mean = self.current
+        if mean < self.best * (1.0 - self.min_delta):
+            self.best, self.since_best = mean, 0
+        else:
+            self.since_best += 1
+        return self.since_best >= self.patience
+
+
+def split_holdout(clear: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(pixels to learn from, held-out pixels): a random ``fraction`` of the clear ones, never learned."""
+    if fraction <= 0:
+        return clear, np.zeros_like(clear)
+    draw = np.random.default_rng([seed, HOLDOUT_STREAM]).random(clear.shape)
+    held = clear & (draw < fraction)
+    return clear & ~held, held
+
+
 def _lr_factor(config: FitConfig, total: int) -> Callable[[int], float]:
     if config.lr_decay == "none":
         return lambda step: 1.0
@@ -173,12 +264,16 @@ def decloud(
     vgg_weights: str | None = None,
     progress: Progress | None = None,
     name: str = "tile",
+    init_weights: Mapping[str, torch.Tensor] | None = None,
+    keep_weights: bool = False,
 ) -> DecloudResult:
     """Fit one network to a tile's clear pixels and return its cloud-free series.
 
     ``s2``: reflectance in [0, 1] (the schema's uint16 / 10000; 0 or NaN = no data), (time, band, y, x).
     ``mask``: the schema's classes (time, y, x). ``s1``: backscatter in dB (time, 2, y, x), NaN where
     missing; needed for ``config.input == "s1"``. ``days``: acquisition days (time,), default 0, 1, 2, ...
+    ``init_weights``: a converged neighbour's network weights to start from (warm start: the schedule
+    then runs ``config.warm_passes`` passes); ``keep_weights``: return the final weights in the result.
     """
     s2 = np.asarray(s2, dtype=np.float32)
     n_dates, n_bands, height, width = _check_shapes(s2, mask, s1, bands, name)
@@ -198,6 +293,7 @@ def decloud(
 
     plan = spatial_plan(height, width, config.depth)
     depth = plan.depth
+    path = device_path(config, torch_device)
     started = time.perf_counter()
     if torch_device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(torch_device)
@@ -208,28 +304,64 @@ def decloud(
             config.channels_down[:depth],
             config.channels_up[:depth],
             config.skip_channels[:depth],
-        ).to(torch_device)
-        perceptual = PerceptualLoss(vgg, bands).to(torch_device) if config.perceptual_weight > 0 else None
-        prediction, curve, spans = _fit(
-            net, perceptual, inputs, s2, clear, guide, plan, config, torch_device, seed, progress
         )
-    prediction = np.clip(prediction, 0.0, 1.0)
+        if init_weights is not None:
+            _load_init_weights(net, init_weights, name)
+        net = net.to(torch_device, memory_format=path.torch_memory_format)
+        perceptual = PerceptualLoss(vgg, bands).to(torch_device) if config.perceptual_weight > 0 else None
+        fitted = _fit(
+            net,
+            perceptual,
+            inputs,
+            s2,
+            clear,
+            guide,
+            plan,
+            config,
+            torch_device,
+            path,
+            seed,
+            progress,
+            warm=init_weights is not None,
+        )
+    prediction = np.clip(fitted.prediction, 0.0, 1.0)
     if config.keep_clear:
         prediction = np.where(clear[:, None], np.nan_to_num(s2), prediction)
     seconds = time.perf_counter() - started
     peak, peak_kind = _peak_memory(torch_device)
+    weights = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()} if keep_weights else None
     return DecloudResult(
         prediction=prediction.astype(np.float32),
         clear=clear,
-        loss_curve=curve,
-        iterations=config.total_iterations(n_dates),
-        windows=len(spans),
+        loss_curve=fitted.curve,
+        iterations=fitted.iterations,
+        windows=len(fitted.spans),
         network_depth=depth,
         seconds=seconds,
         device=str(torch_device),
         peak_memory_bytes=peak,
         peak_memory_kind=peak_kind,
+        scheduled_iterations=config.total_iterations(n_dates, warm=init_weights is not None),
+        holdout_loss=fitted.holdout_loss,
+        stopped_early=fitted.stopped_early,
+        precision=path.precision,
+        memory_format=path.memory_format,
+        compile=path.compile,
+        warm_started=init_weights is not None,
+        weights=weights,
     )
+
+
+def _load_init_weights(net: EncoderDecoder3D, weights: Mapping[str, torch.Tensor], name: str) -> None:
+    """Start from a neighbour's weights; a network of another shape is refused with what differs."""
+    try:
+        net.load_state_dict(dict(weights), strict=True)
+    except RuntimeError as err:
+        raise WarmStartError(
+            f"tile {name!r}: the warm-start weights do not fit this tile's network "
+            f"({str(err).splitlines()[0]}...): start from a neighbour fitted with the same preset, bands "
+            "and input, or fit without init_weights (--init-weights)"
+        ) from err
 
 
 def _check_shapes(
@@ -272,6 +404,16 @@ def _network_input(
     return normalise_s1(np.asarray(s1, dtype=np.float32), days)
 
 
+@dataclass(frozen=True)
+class _Fitted:
+    prediction: np.ndarray
+    curve: np.ndarray
+    spans: list[tuple[int, int]]
+    iterations: int
+    holdout_loss: float
+    stopped_early: bool
+
+
 def _fit(
     net: EncoderDecoder3D,
     perceptual: PerceptualLoss | None,
@@ -282,10 +424,13 @@ def _fit(
     plan: SpatialPlan,
     config: FitConfig,
     device: torch.device,
+    path: DevicePath,
     seed: int,
     progress: Progress | None,
-) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]:
-    """The schedule itself. Returns the prediction (time, band, y, x), the loss curve, the windows."""
+    *,
+    warm: bool = False,
+) -> _Fitted:
+    """The schedule itself: the prediction (time, band, y, x), the loss curve, the windows, the steps."""
     n_dates = s2.shape[0]
 
     def series(a: np.ndarray) -> torch.Tensor:
@@ -293,14 +438,20 @@ def _fit(
         t = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).permute(1, 0, 2, 3)[None]
         return pad_spatial(t, plan).to(device)
 
+    def pixel_weights(pixels: np.ndarray) -> torch.Tensor:
+        # Weights are zero outside the tile: padding is never learned from.
+        w = torch.zeros((1, 1, n_dates, *plan.padded_shape), device=device)
+        left, _, top, _ = plan.pads
+        w[..., top : top + plan.height, left : left + plan.width] = torch.from_numpy(
+            pixels.astype(np.float32)
+        ).to(device)
+        return w
+
     x_all = series(inputs)
     target = series(np.nan_to_num(s2))
-    # Weights are zero outside the tile: padding is never learned from.
-    weight = torch.zeros((1, 1, n_dates, *plan.padded_shape), device=device)
-    left, _, top, _ = plan.pads
-    weight[..., top : top + plan.height, left : left + plan.width] = torch.from_numpy(
-        clear.astype(np.float32)
-    ).to(device)
+    learn, held = split_holdout(clear, config.holdout_fraction, seed)
+    weight = pixel_weights(learn)
+    held_weight = pixel_weights(held) if held.any() else None
     offset = None
     if guide is not None:
         g = series(guide)
@@ -308,58 +459,114 @@ def _fit(
         offset = torch.logit(g.clamp(GUIDE_EPS, 1 - GUIDE_EPS))
 
     spans = windows(n_dates, config.window, config.stride)
-    total = config.total_iterations(n_dates)
+    passes = config.warm_passes if warm and config.warm_passes is not None else config.passes
+    total = config.total_iterations(n_dates, warm=warm)
     optimiser = torch.optim.Adam(net.parameters(), lr=config.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, _lr_factor(config, total))
     losses = torch.zeros(total, device=device)
     jitter = torch.Generator(device=device).manual_seed(seed) if config.input_jitter else None
+    steps_per_pass = config.steps_per_pass(n_dates)
+    stopper = (
+        EarlyStop(steps_per_pass, max(1, round(config.stop_patience * steps_per_pass)), config.stop_min_delta)
+        if held_weight is not None
+        else None
+    )
+    forward = _compiled(net, path)
     report_every = max(1, total // PROGRESS_EVENTS)
     rng = np.random.default_rng(seed)
     started = time.perf_counter()
     step = 0
+    stopped_early = False
     net.train()
-    for pass_index, window in visit_order(len(spans), config.passes, rng):
-        start, stop = spans[window]
-        x, y, w = x_all[:, :, start:stop], target[:, :, start:stop], weight[:, :, start:stop]
-        off = None if offset is None else offset[:, :, start:stop]
-        for _ in range(config.iterations_per_window):
+
+    def batch(t: torch.Tensor | None, group: Sequence[int]) -> torch.Tensor | None:
+        # Windows of one group side by side in the batch dimension (all windows have the same length).
+        if t is None:
+            return None
+        parts = [t[:, :, spans[w][0] : spans[w][1]] for w in group]
+        out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
+        return out.contiguous(memory_format=path.torch_memory_format)
+
+    for pass_index, group in visit_groups(len(spans), passes, config.windows_per_step, rng):
+        x, y, w = batch(x_all, group), batch(target, group), batch(weight, group)
+        off = batch(offset, group)
+        for inner in range(config.iterations_per_window):
             x_in = x
             if jitter is not None:
                 x_in = x + config.input_jitter * torch.randn(x.shape, generator=jitter, device=device)
-            out = net(x_in, off)
+            with _autocast(device, path):
+                out = forward(x_in, off)
+            out = out.float()
             loss = masked_l2(out, y, w)
-            if perceptual is not None:
-                loss = loss + config.perceptual_weight * perceptual(out, y, w)
+            if perceptual is not None and step % config.perceptual_every == 0:
+                with _autocast(device, path):
+                    # PerceptualLoss takes one window at a time; a group's term is the mean over its windows.
+                    terms = [perceptual(out[i : i + 1], y[i : i + 1], w[i : i + 1]) for i in range(len(x))]
+                loss = loss + config.perceptual_weight * torch.stack(terms).mean()
+            if stopper is not None and inner == config.iterations_per_window - 1:
+                h = batch(held_weight, group)
+                held_error = float((((out.detach() - y) * h).square().sum() / h.sum().clamp_min(1)).item())
+                stopped_early = stopper.update(held_error)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
             scheduler.step()
             losses[step] = loss.detach()
             step += 1
-            if progress is not None and (step % report_every == 0 or step == total):
+            if progress is not None and (step % report_every == 0 or step == total or stopped_early):
                 progress(
                     ProgressEvent(
                         iteration=step,
                         total=total,
                         loss=float(losses[step - 1].item()),
                         pass_index=pass_index,
-                        window=window,
+                        window=group[0],
                         elapsed_s=time.perf_counter() - started,
                     )
                 )
+        if stopped_early:
+            break
 
     prediction = torch.empty_like(target)
     chosen = output_windows(n_dates, spans)
     with torch.no_grad():
-        for window, (start, stop) in enumerate(spans):
+        for window, (start, _) in enumerate(spans):
             dates = np.flatnonzero(chosen == window)
             if not dates.size:
                 continue
-            off = None if offset is None else offset[:, :, start:stop]
-            out = net(x_all[:, :, start:stop], off)
-            prediction[:, :, dates] = out[:, :, dates - start]
+            with _autocast(device, path):
+                out = forward(batch(x_all, [window]), batch(offset, [window]))
+            prediction[:, :, dates] = out.float()[:, :, dates - start]
     result = crop_spatial(prediction, plan)[0].permute(1, 0, 2, 3).cpu().numpy()
-    return result, _downsample_curve(losses.cpu().numpy()), spans
+    return _Fitted(
+        prediction=result,
+        curve=_downsample_curve(losses[:step].cpu().numpy()),
+        spans=spans,
+        iterations=step,
+        holdout_loss=stopper.current if stopper is not None else float("nan"),
+        stopped_early=stopped_early,
+    )
+
+
+def _autocast(device: torch.device, path: DevicePath) -> contextlib.AbstractContextManager[object]:
+    dtype = path.autocast_dtype
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _compiled(
+    net: EncoderDecoder3D, path: DevicePath
+) -> Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]:
+    """The network's forward, compiled when asked (``reduce-overhead`` replays CUDA graphs on CUDA)."""
+    if path.compile == "off":
+        return net
+    try:
+        return torch.compile(net, mode=path.compile, dynamic=False)  # type: ignore[return-value]
+    except RuntimeError as err:
+        raise FitConfigError(
+            f"torch.compile (compile={path.compile!r}) is not available here: {err}; fit with compile 'off'"
+        ) from err
 
 
 def _downsample_curve(losses: np.ndarray) -> np.ndarray:

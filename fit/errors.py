@@ -31,3 +31,7 @@ class WeightsInvalidError(FitError):
 
 class EvaluationError(FitError):
     """The evaluation protocol cannot run on this tile (e.g. no clear date to use as a target)."""
+
+
+class WarmStartError(FitError):
+    """A neighbour's weights file cannot start this fit (missing, unreadable, or another network)."""

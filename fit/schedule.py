@@ -42,3 +42,17 @@ def visit_order(n_windows: int, passes: int, rng: np.random.Generator) -> Iterat
     for pass_index in range(passes):
         for window in rng.permutation(n_windows):
             yield pass_index, int(window)
+
+
+def visit_groups(
+    n_windows: int, passes: int, group: int, rng: np.random.Generator
+) -> Iterator[tuple[int, tuple[int, ...]]]:
+    """(pass, windows) in training order, ``group`` windows trained together per step.
+
+    Every pass shuffles all windows afresh (the same draws as :func:`visit_order`) and cuts the shuffled
+    order into groups of ``group``; with ``group == 1`` the order is exactly :func:`visit_order`'s.
+    """
+    for pass_index in range(passes):
+        order = [int(w) for w in rng.permutation(n_windows)]
+        for start in range(0, n_windows, group):
+            yield pass_index, tuple(order[start : start + group])

@@ -7,18 +7,22 @@ fails before the tile is read or the fit starts, and nothing is written when the
 
 from __future__ import annotations
 
+import io
 import json
+import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import fsspec
 import numpy as np
+import torch
 import xarray as xr
 
 from fit.arrays import TileArrays
 from fit.config import FitConfig, resolve_config
 from fit.declouder import DecloudResult, Progress, decloud, resolve_device
-from fit.errors import FitConfigError
+from fit.errors import FitConfigError, WarmStartError
 from fit.vgg import load_vgg16
 from tiler.errors import OutputExistsError
 from tiler.store import (
@@ -35,6 +39,8 @@ from tiler.store import (
 
 #: Smallest value written to ``s2_declouded``: 0 means "no data" in the schema and every pixel has data.
 DECLOUDED_MIN = S2_NODATA + 1
+#: Suffix of the file beside a fitted store that holds the fit's final network weights (warm starts).
+WEIGHTS_SUFFIX = ".weights.pt"
 
 
 @dataclass(frozen=True)
@@ -56,6 +62,50 @@ class FitResult:
     #: Share of (date, pixel)s the fit learned from, and of SCL-clear ones the refinement took away.
     clear_fraction: float
     refined_away_fraction: float
+    #: Steps the full schedule would take (``iterations`` is fewer when the fit stopped early).
+    scheduled_iterations: int = 0
+    stopped_early: bool = False
+    precision: str = "fp32"
+    warm_started: bool = False
+    #: Where the final weights were saved (``save_weights``), for a neighbour's warm start.
+    weights_url: str | None = None
+
+
+def weights_url(out_url: str) -> str:
+    """The weights file saved beside the fitted store ``out_url``: ``<out_url>.weights.pt``."""
+    return out_url.rstrip("/") + WEIGHTS_SUFFIX
+
+
+def save_weights_to(
+    weights: Mapping[str, torch.Tensor], url: str, storage_options: Mapping[str, Any] | None
+) -> None:
+    """Write a network's weights to any fsspec URL (serialised in memory, then one write)."""
+    buffer = io.BytesIO()
+    torch.save(dict(weights), buffer)
+    with fsspec.open(url, "wb", **dict(storage_options or {})) as f:
+        f.write(buffer.getvalue())
+
+
+def load_weights(url: str, storage_options: Mapping[str, Any] | None) -> dict[str, torch.Tensor]:
+    """Read weights saved by :func:`save_weights` (tensors only: ``weights_only`` loading)."""
+    try:
+        with fsspec.open(url, "rb", **dict(storage_options or {})) as f:
+            data = f.read()
+    except FileNotFoundError as err:
+        raise WarmStartError(
+            f"warm-start weights {url!r} not found (--init-weights): fit the neighbour with save_weights "
+            "(--save-weights) first, or fit this tile without init_weights"
+        ) from err
+    try:
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except (RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as err:
+        raise WarmStartError(
+            f"cannot read warm-start weights {url!r}: {err}; expected a file written by fit_tile's "
+            "save_weights"
+        ) from err
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WarmStartError(f"{url!r} holds no network weights (a dict of tensors); refit its tile")
+    return state
 
 
 def to_stored(reflectance: np.ndarray) -> np.ndarray:
@@ -75,8 +125,15 @@ def fit_tile(
     storage_options: Mapping[str, Any] | None = None,
     vgg_weights: str | None = None,
     progress: Progress | None = None,
+    init_weights: str | None = None,
+    save_weights: bool = False,
 ) -> FitResult:
-    """Fit the tile at ``in_url`` and write it with ``s2_declouded`` to ``out_url`` (tile schema)."""
+    """Fit the tile at ``in_url`` and write it with ``s2_declouded`` to ``out_url`` (tile schema).
+
+    Warm start (a campaign-level option): ``init_weights`` is the URL of a fitted neighbour's weights
+    (see :func:`weights_url`), the fit then runs ``warm_passes`` passes; ``save_weights`` writes this
+    fit's final weights to ``weights_url(out_url)`` once the store is complete.
+    """
     config = resolve_config(preset)
     if input not in ("s1", "noise"):
         raise FitConfigError(
@@ -91,6 +148,7 @@ def fit_tile(
         )
     resolve_device(device)
     vgg = load_vgg16(vgg_weights) if config.perceptual_weight > 0 else None
+    init = load_weights(init_weights, storage_options) if init_weights is not None else None
 
     ds = open_tile(in_url, storage_options=storage_options).load()
     tile = TileArrays.from_dataset(ds, name=str(ds.attrs.get("tile_id", in_url)))
@@ -106,9 +164,15 @@ def fit_tile(
         vgg=vgg,
         progress=progress,
         name=tile.name,
+        init_weights=init,
+        keep_weights=save_weights,
     )
     out = _output_dataset(ds, result, config, seed)
     write_tile(out, out_url, overwrite=overwrite, storage_options=storage_options, name=tile.name)
+    saved = None
+    if save_weights and result.weights is not None:
+        saved = weights_url(out_url)
+        save_weights_to(result.weights, saved, storage_options)
     scl_clear = tile.mask == MaskClass.CLEAR
     return FitResult(
         tile_id=tile.name,
@@ -125,6 +189,11 @@ def fit_tile(
         final_loss=result.final_loss,
         clear_fraction=float(result.clear.mean()),
         refined_away_fraction=float((scl_clear & ~result.clear).sum() / max(int(scl_clear.sum()), 1)),
+        scheduled_iterations=result.scheduled_iterations,
+        stopped_early=result.stopped_early,
+        precision=result.precision,
+        warm_started=result.warm_started,
+        weights_url=saved,
     )
 
 
@@ -147,6 +216,10 @@ def _output_dataset(ds: xr.Dataset, result: DecloudResult, config: FitConfig, se
         fit_device=result.device,
         fit_peak_memory_bytes=int(result.peak_memory_bytes),
         fit_peak_memory_kind=result.peak_memory_kind,
+        fit_scheduled_iterations=int(result.scheduled_iterations),
+        fit_stopped_early=bool(result.stopped_early),
+        fit_precision=result.precision,
+        fit_warm_started=bool(result.warm_started),
         fit_final_loss=float(result.final_loss),
         fit_loss_curve=json.dumps([[int(i), float(v)] for i, v in result.loss_curve]),
         fit_clear_fraction=float(result.clear.mean()),

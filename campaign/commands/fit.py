@@ -21,7 +21,16 @@ from rich.progress import (
 from rich.table import Table
 
 console = Console(stderr=True)
-stdout = Console()
+#: The evaluation table has 13 columns: printed no narrower than this where the output is not a terminal.
+TABLE_WIDTH = 150
+
+
+def print_table(table: Table) -> None:
+    """Print to stdout; a pipe or a file gets the whole table instead of an 80-column squeeze."""
+    out = Console()
+    if not out.is_terminal:
+        out = Console(width=max(out.width, TABLE_WIDTH))
+    out.print(table)
 
 
 @contextmanager
@@ -186,7 +195,7 @@ def evaluate_command(
             vgg=vgg,
             progress=update,
         )
-    stdout.print(evaluation_table(evaluation))
+    print_table(evaluation_table(evaluation))
     if json_path is not None:
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(json_path).write_text(json.dumps(evaluation.to_dict(), indent=2) + "\n")

@@ -1,0 +1,169 @@
+"""Fit cost and quality: FLOPs per iteration and per tile, seconds per iteration here, PSNR vs iterations.
+
+    python bench/fit.py                      # flops + speed (a couple of minutes on 2 cores)
+    python bench/fit.py --sections psnr      # PSNR from `evaluate` against iterations (tens of minutes)
+    python bench/fit.py --sections flops,speed,psnr --threads 2
+
+Every figure is printed next to a baseline measured in the same process: the ``paper`` preset for cost,
+the best baseline of the same evaluation for quality. FLOPs are counted with torch.utils.flop_counter on
+the meta device (shapes only, no arithmetic), for one iteration (forward + backward, with the VGG16 of the
+perceptual loss where the preset has one) at the paper's 5 dates × 384×768 × 13 bands with 2 S1 channels.
+Seconds per iteration are measured on this machine's CPU at the real sample's 5 × 64×64 × 10 bands; the
+perceptual loss there runs on SEEDED RANDOM VGG16 weights (its cost does not depend on the values).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from fit.arrays import TileArrays  # noqa: E402
+from fit.config import PRESETS, FitConfig  # noqa: E402
+from fit.evaluate import evaluate  # noqa: E402
+from fit.losses import PerceptualLoss, masked_l2  # noqa: E402
+from fit.network import EncoderDecoder3D, spatial_plan  # noqa: E402
+from fit.vgg import VGG16  # noqa: E402
+from tiler.store import open_tile  # noqa: E402
+
+#: The paper's tile and window: 5 dates of 384×768 px, 13 S2 bands out, 2 S1 channels in (+13 guide).
+PAPER_SHAPE = (5, 384, 768)
+PAPER_BANDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12")
+S1_CHANNELS = 2
+#: The paper's series length: cost per tile is quoted for N = 30 dates.
+TILE_DATES = 30
+#: The real sample's window for timing: 5 dates of 64×64 px, its 10 bands.
+SAMPLE_SHAPE = (5, 64, 64)
+SAMPLE_BANDS = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12")
+SAMPLE = ROOT / "tests" / "data" / "worldcereal_31ues.zarr"
+TIMED_ITERATIONS = 5
+#: Fractions of the fast preset's passes at which PSNR is measured (1.0 = the preset itself).
+PSNR_PASS_FRACTIONS = (0.25, 0.5, 1.0, 2.0)
+
+
+def build(config: FitConfig, shape: tuple[int, int, int], bands: Sequence[str], device: str):
+    dates, height, width = shape
+    plan = spatial_plan(height, width, config.depth)
+    d = plan.depth
+    in_channels = S1_CHANNELS + (len(bands) if config.guide else 0)
+    net = EncoderDecoder3D(
+        in_channels, len(bands), config.channels_down[:d], config.channels_up[:d], config.skip_channels[:d]
+    ).to(device)
+    perceptual = PerceptualLoss(VGG16(), bands).to(device) if config.perceptual_weight > 0 else None
+    x = torch.rand(1, in_channels, dates, *plan.padded_shape, device=device)
+    y = torch.rand(1, len(bands), dates, *plan.padded_shape, device=device)
+    w = torch.ones(1, 1, dates, *plan.padded_shape, device=device)
+
+    def step() -> torch.Tensor:
+        out = net(x)
+        loss = masked_l2(out, y, w)
+        if perceptual is not None:
+            loss = loss + config.perceptual_weight * perceptual(out, y, w)
+        loss.backward()
+        return loss
+
+    def forward() -> torch.Tensor:
+        with torch.no_grad():
+            return net(x)
+
+    return step, forward
+
+
+def count(fn: Callable[[], object]) -> float:
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return float(counter.get_total_flops())
+
+
+def section_flops() -> None:
+    print(f"\n== FLOPs (torch.utils.flop_counter, meta device), window {PAPER_SHAPE} x "
+          f"{len(PAPER_BANDS)} bands")  # fmt: skip
+    rows = {}
+    for name, config in PRESETS.items():
+        step, forward = build(config, PAPER_SHAPE, PAPER_BANDS, "meta")
+        per_iteration = count(step)
+        inference = count(forward) * config.n_windows(TILE_DATES)
+        per_tile = per_iteration * config.total_iterations(TILE_DATES) + inference
+        rows[name] = (per_iteration, config.total_iterations(TILE_DATES), per_tile)
+    paper_tile = rows["paper"][2]
+    print(f"{'preset':8s} {'TFLOP/iter':>11s} {'iters/tile':>11s} {'TFLOP/tile':>12s} {'vs paper':>9s}")
+    for name, (per_iteration, iterations, per_tile) in rows.items():
+        print(f"{name:8s} {per_iteration / 1e12:11.3f} {iterations:11d} {per_tile / 1e12:12,.0f} "
+              f"{per_tile / paper_tile:9.4f}")  # fmt: skip
+
+
+def section_speed(threads: int) -> None:
+    print(f"\n== seconds per iteration on this CPU ({threads} threads), window {SAMPLE_SHAPE} x "
+          f"{len(SAMPLE_BANDS)} bands; median of {TIMED_ITERATIONS} after one warm-up")  # fmt: skip
+    torch.manual_seed(0)
+    results = {}
+    for name, config in PRESETS.items():
+        step, _ = build(config, SAMPLE_SHAPE, SAMPLE_BANDS, "cpu")
+        step()
+        times = []
+        for _ in range(TIMED_ITERATIONS):
+            started = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - started)
+        results[name] = statistics.median(times)
+    paper = results["paper"]
+    print(f"{'preset':8s} {'s/iter':>8s} {'vs paper':>9s} {'iters (30 dates)':>17s} {'est. s/tile':>12s}")
+    for name, seconds in results.items():
+        iterations = PRESETS[name].total_iterations(TILE_DATES)
+        estimate = seconds * iterations
+        print(f"{name:8s} {seconds:8.3f} {seconds / paper:9.3f} {iterations:17d} {estimate:12,.0f}")
+
+
+def section_psnr(device: str, dates: Sequence[tuple[int, int]]) -> None:
+    print("\n== PSNR (painted region, cloudiest paint) from `evaluate` against iterations, fast preset")
+    tile = TileArrays.from_dataset(open_tile(str(SAMPLE)).load())
+    fast = PRESETS["fast"]
+    for start, stop in dates:
+        window = tile.dates(start, stop)
+        print(f"-- dates {start}:{stop} ({window.iso_dates()[0]}..{window.iso_dates()[-1]})")
+        for fraction in PSNR_PASS_FRACTIONS:
+            passes = max(1, round(fast.passes * fraction))
+            config = fast.replace(name=f"fast x{fraction:g}", passes=passes)
+            started = time.perf_counter()
+            ev = evaluate(window, config, inputs=("s1",), device=device)
+            fit, best = ev.row("fit", "s1"), ev.best_baseline()
+            iterations = config.total_iterations(window.n_dates)
+            margin = fit.painted.psnr - best.painted.psnr
+            print(f"  {iterations:6d} iterations: fit {fit.painted.psnr:6.2f} dB, best baseline "
+                  f"{best.label} {best.painted.psnr:6.2f} dB, margin {margin:+.2f} dB "
+                  f"({time.perf_counter() - started:.0f} s)")  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--sections", default="flops,speed", help="comma-separated: flops, speed, psnr")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (2 cores here)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dates", default="0:30,30:60", help="date windows for the psnr section")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    np.set_printoptions(precision=3)
+    sections = {s.strip() for s in args.sections.split(",")}
+    if "flops" in sections:
+        section_flops()
+    if "speed" in sections:
+        section_speed(args.threads)
+    if "psnr" in sections:
+        windows = [tuple(int(v) for v in w.split(":")) for w in args.dates.split(",")]
+        section_psnr(args.device, windows)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""The offline demo on the bundled real sample: fit, evaluate, a before/after quicklook, the metrics.
+
+:func:`run_demo` is the library function behind ``declouder demo``; later stages extend the demo to the
+whole pipeline by calling it (or its pieces) from there.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from fit.arrays import TileArrays
+from fit.config import FitConfig, resolve_config
+from fit.declouder import trusted_clear
+from fit.errors import FitInputError
+from fit.evaluate import Evaluation, evaluate
+from fit.tile import FitResult, fit_tile
+from tiler.store import DECLOUDED, S2_SCALE, MaskClass, open_tile, write_tile
+
+#: The real WorldCereal 31UES sample committed with the sources (tests/data, see its SOURCE.txt).
+BUNDLED_SAMPLE = Path(__file__).resolve().parents[1] / "tests" / "data" / "worldcereal_31ues.zarr"
+#: The demo's dates in the sample: 30 (the paper's N) from 2018-08-04 to 2019-02-20.
+DEMO_DATES = (0, 30)
+#: True-colour bands and the quicklook's common stretch (percentiles of the clear reference).
+RGB_BANDS = ("B04", "B03", "B02")
+STRETCH_PERCENTILES = (2.0, 98.0)
+#: Quicklook pixels per tile pixel (64 px tiles are too small to see), and the gap between panels.
+QUICKLOOK_ZOOM = 4
+PANEL_GAP = 6
+LABEL_HEIGHT = 14
+#: The cloudy date shown: cloud cover as close to this as the series has (clouds and ground both visible).
+SHOWN_CLOUD_COVER = 0.5
+
+
+@dataclass(frozen=True)
+class DemoResult:
+    out_dir: Path
+    tile_url: str
+    fitted_url: str
+    fit: FitResult
+    evaluation: Evaluation
+    quicklook: Path
+    metrics: Path
+    seconds: float
+
+
+def run_demo(
+    out_dir: str | Path,
+    *,
+    tile_url: str | None = None,
+    preset: str | FitConfig = "fast",
+    dates: tuple[int, int] = DEMO_DATES,
+    device: str = "auto",
+    seed: int = 0,
+    progress: Callable[[str, Any], None] | None = None,
+) -> DemoResult:
+    """Fit the sample's 30 dates, evaluate them (both inputs, the baselines), write a quicklook and JSON."""
+    started = time.perf_counter()
+    config = resolve_config(preset)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    source = tile_url or str(BUNDLED_SAMPLE)
+    if tile_url is None and not BUNDLED_SAMPLE.exists():
+        raise FitInputError(
+            f"the bundled sample {BUNDLED_SAMPLE} is not here (an install without the source tree?); "
+            "run the demo from a clone of the repository, or pass a tile store with --tile"
+        )
+    ds = open_tile(source).isel(time=slice(*dates)).load()
+    tile_path = str(out / "tile.zarr")
+    write_tile(ds, tile_path, overwrite=True)
+
+    fitted_path = str(out / "fitted.zarr")
+
+    def stage(name: str) -> Callable[[Any], None] | None:
+        return None if progress is None else (lambda event: progress(name, event))
+
+    fit = fit_tile(tile_path, fitted_path, preset=config, device=device, seed=seed, overwrite=True,
+                   progress=stage("fit s1"))  # fmt: skip
+    tile = TileArrays.from_dataset(ds)
+    evaluation = evaluate(tile, config, device=device, seed=seed, progress=progress)
+    metrics = out / "metrics.json"
+    metrics.write_text(json.dumps({"fit": fit.__dict__, "evaluation": evaluation.to_dict()}, indent=2) + "\n")
+    fitted = open_tile(fitted_path, require=[DECLOUDED]).load()
+    quicklook = write_quicklook(tile, fitted[DECLOUDED].values / S2_SCALE, config, out / "quicklook.png")
+    return DemoResult(out, tile_path, fitted_path, fit, evaluation, quicklook, metrics,
+                      time.perf_counter() - started)  # fmt: skip
+
+
+def write_quicklook(tile: TileArrays, declouded: np.ndarray, config: FitConfig, path: Path) -> Path:
+    """Three panels: a cloudy date, its declouded result, and the clear date nearest to it."""
+    refined, clear = trusted_clear(tile.reflectance, tile.mask, tile.bands, config)
+    cloud_cover = ((refined == MaskClass.CLOUD) | (refined == MaskClass.SHADOW)).mean(axis=(1, 2))
+    clear_fraction = clear.mean(axis=(1, 2))
+    cloudy = int(np.argmin(np.abs(cloud_cover - SHOWN_CLOUD_COVER)))
+    clearest = clear_fraction.max()
+    references = np.flatnonzero(clear_fraction >= clearest - 1e-9)
+    reference = int(references[np.argmin(np.abs(tile.days[references] - tile.days[cloudy]))])
+    rgb = [tile.bands.index(b) for b in RGB_BANDS]
+    panels = {
+        f"cloudy {tile.iso_dates()[cloudy]}": np.nan_to_num(tile.reflectance[cloudy][rgb]),
+        "declouded": declouded[cloudy][rgb],
+        f"clear {tile.iso_dates()[reference]}": np.nan_to_num(tile.reflectance[reference][rgb]),
+    }
+    ref_image = np.nan_to_num(tile.reflectance[reference][rgb])
+    low, high = (np.percentile(ref_image, p, axis=(1, 2)) for p in STRETCH_PERCENTILES)
+    height, width = (s * QUICKLOOK_ZOOM for s in tile.reflectance.shape[2:])
+    canvas = Image.new("RGB", (3 * width + 2 * PANEL_GAP, height + LABEL_HEIGHT), "white")
+    draw = ImageDraw.Draw(canvas)
+    for i, (label, image) in enumerate(panels.items()):
+        scaled = np.clip((image - low[:, None, None]) / np.maximum(high - low, 1e-6)[:, None, None], 0, 1)
+        panel = Image.fromarray(np.rint(scaled * 255).astype(np.uint8).transpose(1, 2, 0))
+        panel = panel.resize((width, height), Image.Resampling.NEAREST)
+        x = i * (width + PANEL_GAP)
+        canvas.paste(panel, (x, LABEL_HEIGHT))
+        draw.text((x + 2, 1), label, fill="black")
+    canvas.save(path)
+    return path

@@ -1,0 +1,88 @@
+"""The evaluation protocol on the real WorldCereal sample, and the baselines on hand-made series."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fit.arrays import TileArrays
+from fit.baselines import mosaic_mean, nearest_clear, temporal_linear
+from fit.config import SMOKE
+from fit.declouder import trusted_clear
+from fit.errors import EvaluationError
+from fit.evaluate import PARTIAL_COVER, TARGET_MIN_CLEAR, evaluate, paint
+from tiler.store import MaskClass, open_tile
+
+
+@pytest.fixture(scope="module")
+def window(worldcereal_tile: Path) -> TileArrays:
+    """The first 30 real dates (2018-08..2019-02) of the sample: the paper's N = 30."""
+    return TileArrays.from_dataset(open_tile(str(worldcereal_tile)).load()).dates(0, 30)
+
+
+def test_smoke_evaluation_beats_the_painted_input(window: TileArrays) -> None:
+    evaluation = evaluate(window, SMOKE, paint_mode="cloudiest", targets=1, inputs=("s1",), device="cpu")
+    fit = evaluation.row("fit", "s1")
+    painted = evaluation.row("painted input", "no filling")
+    for row in evaluation.rows:
+        for scores in (row.painted, row.whole):
+            assert all(math.isfinite(v) for v in scores.to_dict().values()), row.label
+    assert fit.painted.rmse < painted.painted.rmse
+    assert fit.painted.psnr > painted.painted.psnr
+    assert fit.painted.mae < painted.painted.mae
+    methods = {(r.method, r.variant) for r in evaluation.rows}
+    for baseline in ("linear", "mosaic", "nearest"):
+        assert {(baseline, "scl"), (baseline, "refined")} <= methods
+    record = json.loads(json.dumps(evaluation.to_dict()))
+    assert record["targets"] == list(evaluation.targets)
+    assert set(record["fit_margin_db_painted"]) == {"s1"}
+
+
+def test_targets_are_truly_clear_and_painted_with_real_clouds(window: TileArrays) -> None:
+    for mode in ("cloudiest", "partial"):
+        case = paint(window, SMOKE, k=2, mode=mode)
+        assert len(case.targets) == 2 and case.source not in case.targets
+        for t in case.targets:
+            assert case.truth_clear[t].mean() >= TARGET_MIN_CLEAR
+            # the painted pixels hold the source date's values and its SCL classes, nothing else changed
+            region, source = case.region, window.reflectance[case.source]
+            assert np.array_equal(case.tile.reflectance[t][:, region], source[:, region])
+            assert np.array_equal(case.tile.mask[t][region], window.mask[case.source][region])
+            assert np.array_equal(case.tile.reflectance[t][:, ~region], window.reflectance[t][:, ~region])
+        others = [d for d in range(window.n_dates) if d not in case.targets]
+        assert np.array_equal(case.tile.mask[others], window.mask[others])
+        if mode == "partial":
+            assert PARTIAL_COVER[0] <= case.region.mean() <= PARTIAL_COVER[1]
+        else:
+            refined, _ = trusted_clear(window.reflectance, window.mask, window.bands, SMOKE)
+            cover = (refined == MaskClass.CLOUD) | (refined == MaskClass.SHADOW)
+            assert case.region.mean() == cover.mean(axis=(1, 2)).max()
+
+
+def test_no_clear_target_is_a_clear_error(window: TileArrays) -> None:
+    cloudy = window.dates(1, 6)  # 2018-08-14..09-08 holds no date that is clear after refinement
+    with pytest.raises(EvaluationError, match=r"no date is at least 98% clear.*--dates"):
+        evaluate(cloudy, SMOKE, device="cpu")
+
+
+def test_baselines_by_hand() -> None:
+    # one pixel, one band, 5 dates at days 0, 1, 2, 4, 8; clear on dates 0, 2 and 4
+    values = np.array([0.1, 0.9, 0.3, 0.9, 0.7]).reshape(5, 1, 1, 1)
+    valid = np.array([True, False, True, False, True]).reshape(5, 1, 1)
+    days = np.array([0.0, 1.0, 2.0, 4.0, 8.0])
+    linear = temporal_linear(values, valid, days).ravel()
+    assert linear == pytest.approx([0.1, 0.2, 0.3, 0.3 + 0.4 * 2 / 6, 0.7])
+    assert mosaic_mean(values, valid, days).ravel() == pytest.approx([0.1, 1.1 / 3, 0.3, 1.1 / 3, 0.7])
+    assert nearest_clear(values, valid, days).ravel() == pytest.approx([0.1, 0.1, 0.3, 0.3, 0.7])
+    # leave-one-out: each date from the others only
+    loo = temporal_linear(values, valid, days, leave_one_out=True).ravel()
+    assert loo == pytest.approx([0.3, 0.2, 0.1 + 0.6 * 2 / 8, 0.3 + 0.4 * 2 / 6, 0.3])
+    # a pixel never clear gets the median of every clear observation
+    never = np.zeros((5, 1, 1), bool)
+    both = np.concatenate([valid, never], axis=2)
+    filled = temporal_linear(np.concatenate([values, values], axis=3), both, days)
+    assert filled[:, 0, 0, 1] == pytest.approx([0.3] * 5)
