@@ -169,6 +169,7 @@ SMOKE = FitConfig(
     passes=1,
     iterations_per_window=1,
     perceptual_weight=0.0,
+    guide=True,
     channels_down=(8, 16, 16),
     channels_up=(8, 16, 16),
     skip_channels=(4, 4, 4),
@@ -177,10 +178,11 @@ SMOKE = FitConfig(
 
 FAST = FitConfig(
     name="fast",
-    passes=4,
-    iterations_per_window=10,
+    passes=2,
+    iterations_per_window=5,
     lr_decay="cosine",
     perceptual_weight=0.0,
+    guide=True,
     keep_clear=True,
 )
 
