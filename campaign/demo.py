@@ -40,6 +40,14 @@ class DemoResult:
     quicklooks: tuple[str, ...]
 
 
+def default_preset() -> str:
+    """``fast`` where this machine has a GPU; ``smoke`` on a CPU, where a ``fast`` fit of one 64×64 px tile
+    of 20 dates takes minutes (docs/campaign.md, "The demo")."""
+    import torch
+
+    return "fast" if torch.cuda.is_available() else "smoke"
+
+
 def site_area() -> str:
     """The sample site's footprint as a lon/lat WKT polygon."""
     import shapely
@@ -54,7 +62,11 @@ def site_area() -> str:
 
 
 def write_demo_config(out_dir: str | Path, *, preset: str) -> Path:
-    """Write the sample catalogue and a campaign config for it under ``out_dir``; returns the config."""
+    """Write the sample catalogue and a campaign config for it under ``out_dir``; returns the config.
+
+    Each preset writes to its own output folder, so a demo rerun with another preset starts afresh
+    instead of meeting a campaign with other settings.
+    """
     from ingest.sample import load_site, write_sample_catalog
 
     out = Path(out_dir).resolve()
@@ -68,7 +80,7 @@ name = "demo"
 area = "{site_area()}"
 start = {DEMO_START}
 end = {DEMO_END}
-output = "output"
+output = "output-{preset}"
 
 [catalog]
 items = "{items.relative_to(out)}"

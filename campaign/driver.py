@@ -297,8 +297,9 @@ class CampaignDriver:
         self._progress = progress
         self._queue_ingest: deque[str] = deque()
         self._queue_fit: deque[str] = deque()
-        #: Tiles queued for or running ingest or fit in this run.
+        #: Tiles queued for or running ingest or fit in this run, and how many of them per UTM zone.
         self._active: set[str] = set()
+        self._active_per_zone: Counter[int] = Counter()
         self._inflight: dict[Any, _Work] = {}
         self._slots: list[_Slot] = []
         self._pool: FitPool | None = None
@@ -373,11 +374,11 @@ class CampaignDriver:
             if stage == Stage.INGEST:
                 state = TileState.PLANNED
                 self._queue_ingest.append(tile_id)
-                self._active.add(tile_id)
+                self._activate(tile_id)
             elif stage == Stage.FIT:
                 state = TileState.INGESTED
                 self._queue_fit.append(tile_id)
-                self._active.add(tile_id)
+                self._activate(tile_id)
             elif stage == Stage.MOSAIC:
                 state = TileState.FITTED
             elif state in DONE_STATES:
@@ -424,6 +425,16 @@ class CampaignDriver:
         if record.state != TileState.PLANNED and ingested():
             return Stage.FIT
         return Stage.INGEST
+
+    def _activate(self, tile_id: str) -> None:
+        if tile_id not in self._active:
+            self._active.add(tile_id)
+            self._active_per_zone[self.tiles[tile_id].epsg] += 1
+
+    def _deactivate(self, tile_id: str) -> None:
+        if tile_id in self._active:
+            self._active.remove(tile_id)
+            self._active_per_zone[self.tiles[tile_id].epsg] -= 1
 
     def _limit(self, stage: Stage) -> int:
         return int(getattr(self.config.retries, stage.value))
@@ -661,7 +672,7 @@ class CampaignDriver:
             self._queue_fit.append(tile_id)
             self._emit("ingested", f"ingested {tile_id} in {attempt.seconds:.1f} s", tile_id, outcome.worker)
         else:
-            self._active.discard(tile_id)
+            self._deactivate(tile_id)
             self._fits_done += 1
             self._gpu_seconds_fits += attempt.seconds * attempt.gpu_share
             self._emit("fitted", f"fitted {tile_id} in {attempt.seconds:.1f} s", tile_id, outcome.worker)
@@ -696,7 +707,7 @@ class CampaignDriver:
         tries = record.attempts_at(stage)
         reason = error if permanent else f"{error} (gave up after {tries} attempts)"
         self._put(record.failed(stage, reason, permanent=permanent))
-        self._active.discard(tile_id)
+        self._deactivate(tile_id)
         self._emit("failed", f"{tile_id} failed at {stage}: {error}", tile_id, worker)
 
     def _attempt(
@@ -768,7 +779,7 @@ class CampaignDriver:
         running = sum(1 for w in self._inflight.values() if w.kind.startswith("mosaic"))
         for zone in self._zones.values():
             zone_label = f"EPSG:{zone.epsg}"
-            if zone.state == "waiting" and not any(k in self._active for k in zone.keys):
+            if zone.state == "waiting" and not self._active_per_zone[zone.epsg]:
                 fitted = {k: self.layout.fitted(k) for k in zone.keys if self._contributes(k)}
                 if not fitted:
                     zone.state, zone.reason = "failed", "no tile of the zone was fitted"

@@ -1,9 +1,17 @@
 """Before a campaign: how many tiles and km², and what the fits will cost in GPU-hours and money.
 
-The fit is the cost. Each fit preset carries a measured figure, seconds per reference tile (the paper's
-N = 30 dates of 384×768 px) and the GPU it was measured on. A campaign's tiles differ from the reference in
-dates (the period) and pixels (the grid), so the figure is scaled by the fit's iteration count for the
-expected dates and by the pixel count; both scalings are stated in the output.
+The fit is the cost. What one tile costs comes from the fit stage (:mod:`fit.cost`): the FLOPs of the
+preset's whole schedule on a tile of this campaign (its dates, its tile size, its bands), counted on the
+network itself. Seconds follow from one of two sources, and the output says which:
+
+- *measured*: the preset carries ``seconds_per_tile_reference`` (seconds per reference tile of 30 dates
+  × 384×768 px) and the ``reference_device`` it was measured on; it is scaled by the ratio of this
+  campaign's tile FLOPs to the reference tile's;
+- *estimated*: otherwise, FLOPs divided by the achieved throughputs :data:`fit.cost.GPU_THROUGHPUT_TFLOPS`
+  assumes for an NVIDIA H100 (a range, not a measurement).
+
+Presets that stop early (held-out loss) take fewer steps than the schedule: the FLOP figure is their
+upper bound.
 """
 
 from __future__ import annotations
@@ -13,15 +21,24 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from campaign.config import CampaignConfig
+from campaign.config import CampaignConfig, ingest_config
 from campaign.report import HOUR_S
 
-#: The reference tile of the presets' cost figures: Ebel et al., Sec. 4 (N = 30 dates of 384×768 px).
-REFERENCE_DATES = 30
-REFERENCE_PIXELS = 384 * 768
 #: Sentinel-2 revisits a point every 5 days with its two satellites (ESA, Sentinel-2 User Handbook,
 #: "Revisit and coverage"); higher latitudes see more from overlapping orbits, so this is a floor.
 S2_REVISIT_DAYS = 5.0
+#: What the figures are for when no measured one exists: fit.cost's throughput assumptions are for this.
+ESTIMATED_DEVICE = "NVIDIA H100 (throughput assumed, not measured)"
+
+
+@dataclass(frozen=True)
+class CostFigure:
+    """Seconds per campaign tile from one source: a measurement, or an assumed throughput."""
+
+    label: str
+    device: str
+    seconds_per_tile: float
+    measured: bool
 
 
 @dataclass(frozen=True)
@@ -33,34 +50,50 @@ class Estimate:
     km2: float
     preset: str
     dates_per_tile: int
-    tile_pixels: int
-    #: The preset's measured seconds per reference tile, and the GPU that measured it.
-    reference_seconds: float | None
-    reference_device: str | None
-    #: The reference figure scaled to this campaign's dates and tile size.
-    seconds_per_tile: float | None
-    gpu_hours: float | None
+    tile_size: tuple[int, int]
+    bands: int
+    #: TFLOP of one fit of one of this campaign's tiles (the preset's full schedule).
+    tflop_per_tile: float
+    figures: tuple[CostFigure, ...]
     gpu_hour_price: float | None
     gpus: int | None
 
-    @property
-    def cost(self) -> float | None:
-        if self.gpu_hours is None or self.gpu_hour_price is None:
-            return None
-        return self.gpu_hours * self.gpu_hour_price
+    def gpu_hours(self, figure: CostFigure) -> float:
+        return figure.seconds_per_tile * self.tiles / HOUR_S
 
-    @property
-    def wall_hours(self) -> float | None:
+    def cost(self, figure: CostFigure) -> float | None:
+        return None if self.gpu_hour_price is None else self.gpu_hours(figure) * self.gpu_hour_price
+
+    def wall_hours(self, figure: CostFigure) -> float | None:
         """Wall-clock hours of the fits alone on ``gpus`` GPUs (ingest and mosaic overlap with them)."""
-        if self.gpu_hours is None or not self.gpus:
-            return None
-        return self.gpu_hours / self.gpus
+        return None if not self.gpus else self.gpu_hours(figure) / self.gpus
 
-    @property
-    def km2_per_gpu_hour(self) -> float | None:
-        if not self.gpu_hours:
-            return None
-        return self.km2 / self.gpu_hours
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "tiles": self.tiles,
+            "tiles_per_zone": dict(self.tiles_per_zone),
+            "km2": self.km2,
+            "preset": self.preset,
+            "dates_per_tile": self.dates_per_tile,
+            "tile_size": list(self.tile_size),
+            "bands": self.bands,
+            "tflop_per_tile": self.tflop_per_tile,
+            "figures": [
+                {
+                    "label": f.label,
+                    "device": f.device,
+                    "measured": f.measured,
+                    "seconds_per_tile": f.seconds_per_tile,
+                    "gpu_hours": self.gpu_hours(f),
+                    "cost": self.cost(f),
+                    "wall_hours": self.wall_hours(f),
+                    "km2_per_gpu_hour": self.km2 / self.gpu_hours(f) if self.gpu_hours(f) else None,
+                }
+                for f in self.figures
+            ],
+            "gpu_hour_price": self.gpu_hour_price,
+            "gpus": self.gpus,
+        }
 
 
 def expected_dates(config: CampaignConfig) -> int:
@@ -77,35 +110,51 @@ def estimate_campaign(
     gpus: int | None = None,
     fit_config: Any = None,
 ) -> Estimate:
-    """Plan the campaign's tiles and price its fits from the preset's measured figure.
+    """Plan the campaign's tiles and price its fits (see the module docstring for the sources).
 
     ``fit_config`` (a ``fit.FitConfig``) replaces the config's preset, e.g. to price settings of one's own.
     """
     from campaign.driver import plan_campaign
     from fit import PRESETS
+    from fit.cost import GPU_THROUGHPUT_TFLOPS, tile_flops
 
     tiles = plan_campaign(config)
     preset = fit_config if fit_config is not None else PRESETS[config.fit.preset]
     dates = dates_per_tile or expected_dates(config)
-    height, width = config.grid.size
-    reference = preset.seconds_per_tile_reference
-    seconds = None
-    if reference is not None:
-        # Fit time is iterations × time per iteration; a convolutional network's time per iteration
-        # grows with the pixels of a window (the window length is fixed by the preset).
-        iterations = preset.total_iterations(dates) / preset.total_iterations(REFERENCE_DATES)
-        seconds = reference * iterations * (height * width) / REFERENCE_PIXELS
+    bands = tuple(ingest_config(config).bands)
+    size = tuple(config.grid.size)
+    campaign_tflop = tile_flops(preset, n_dates=dates, size=size, bands=bands).total / 1e12
+    figures: list[CostFigure] = []
+    if preset.seconds_per_tile_reference is not None:
+        reference_tflop = tile_flops(preset).total / 1e12
+        figures.append(
+            CostFigure(
+                label=f"measured: {preset.seconds_per_tile_reference:,.0f} s per reference tile",
+                device=str(preset.reference_device),
+                seconds_per_tile=preset.seconds_per_tile_reference * campaign_tflop / reference_tflop,
+                measured=True,
+            )
+        )
+    else:
+        figures.extend(
+            CostFigure(
+                label=f"estimated at {tflops:,.1f} TFLOP/s achieved ({name})",
+                device=ESTIMATED_DEVICE,
+                seconds_per_tile=campaign_tflop / tflops,
+                measured=False,
+            )
+            for name, tflops in GPU_THROUGHPUT_TFLOPS.items()
+        )
     return Estimate(
         tiles=len(tiles),
         tiles_per_zone=dict(sorted(Counter(t.epsg for t in tiles).items())),
         km2=sum(t.area_km2 for t in tiles),
         preset=preset.name,
         dates_per_tile=dates,
-        tile_pixels=height * width,
-        reference_seconds=reference,
-        reference_device=preset.reference_device,
-        seconds_per_tile=seconds,
-        gpu_hours=None if seconds is None else seconds * len(tiles) / HOUR_S,
+        tile_size=(int(size[0]), int(size[1])),
+        bands=len(bands),
+        tflop_per_tile=campaign_tflop,
+        figures=tuple(figures),
         gpu_hour_price=gpu_hour_price,
         gpus=gpus,
     )
@@ -114,30 +163,32 @@ def estimate_campaign(
 def estimate_lines(estimate: Estimate, config: CampaignConfig) -> list[str]:
     """The estimate as a person reads it."""
     zones = ", ".join(f"EPSG:{epsg} {n}" for epsg, n in estimate.tiles_per_zone.items())
+    height, width = estimate.tile_size
     lines = [
         f"campaign {config.name!r}: {config.start} .. {config.end}, area {config.area}",
-        f"tiles: {estimate.tiles:,} ({zones}); {config.grid.size[0]}x{config.grid.size[1]} px at "
-        f"{config.grid.resolution:g} m with {config.grid.overlap} px overlap",
+        f"tiles: {estimate.tiles:,} ({zones}); {height}x{width} px at {config.grid.resolution:g} m with "
+        f"{config.grid.overlap} px overlap",
         f"area: {estimate.km2:,.0f} km² (tile cells, overlap not double-counted)",
-        f"dates per tile: {estimate.dates_per_tile} (assumed: one S2 date per {S2_REVISIT_DAYS:g} days; "
-        "--dates-per-tile to override)",
+        f"per tile: {estimate.dates_per_tile} dates (assumed: one S2 date per {S2_REVISIT_DAYS:g} days; "
+        f"--dates-per-tile to override), {estimate.bands} bands; preset {estimate.preset!r}: "
+        f"{estimate.tflop_per_tile:,.1f} TFLOP per fit (fit.cost, full schedule)",
     ]
-    if estimate.seconds_per_tile is None or estimate.reference_seconds is None:
-        lines.append(
-            f"fit preset {estimate.preset!r} carries no measured seconds per tile, so no GPU-hours can be "
-            "estimated; choose a preset that does (docs/fit.md lists the figures)"
+    for figure in estimate.figures:
+        hours = estimate.gpu_hours(figure)
+        line = (
+            f"GPU-hours on {figure.device}: {hours:,.1f} ({figure.seconds_per_tile:,.1f} s per tile, "
+            f"{figure.label}; {estimate.km2 / hours:,.0f} km² per GPU-hour)"
         )
-        return lines
-    lines += [
-        f"fit preset {estimate.preset!r}: {estimate.reference_seconds:,.0f} s per reference tile "
-        f"({REFERENCE_DATES} dates, 384x768 px) measured on {estimate.reference_device}",
-        f"  scaled to this campaign: {estimate.seconds_per_tile:,.0f} s per tile "
-        f"({estimate.dates_per_tile} dates, {estimate.tile_pixels:,} px)",
-        f"GPU-hours: {estimate.gpu_hours:,.1f} on {estimate.reference_device} "
-        f"({estimate.km2_per_gpu_hour:,.1f} km² per GPU-hour)",
-    ]
-    if estimate.cost is not None:
-        lines.append(f"cost: {estimate.cost:,.0f} at {estimate.gpu_hour_price:g} per GPU-hour")
-    if estimate.wall_hours is not None:
-        lines.append(f"wall clock for the fits on {estimate.gpus} GPUs: {estimate.wall_hours:,.1f} h")
+        cost = estimate.cost(figure)
+        if cost is not None:
+            line += f"; cost {cost:,.0f} at {estimate.gpu_hour_price:g} per GPU-hour"
+        wall = estimate.wall_hours(figure)
+        if wall is not None:
+            line += f"; {wall:,.1f} h of fits on {estimate.gpus} GPUs"
+        lines.append(line)
+    if not any(f.measured for f in estimate.figures):
+        lines.append(
+            f"(preset {estimate.preset!r} carries no measured seconds per tile: the GPU-hours above are "
+            "estimates from its FLOPs, a range over the assumed throughputs)"
+        )
     return lines

@@ -273,3 +273,27 @@ def _toml_inline(value: Any) -> str:
     if isinstance(value, dict):
         return "{ " + ", ".join(f"{k} = {_toml_inline(v)}" for k, v in value.items()) + " }"
     return json.dumps(value)
+
+
+def test_demo_runs_the_whole_pipeline_offline(ray_address: str, tmp_path: Path) -> None:
+    """`declouder demo`: the bundled real sample through ingest, fit, mosaic and quicklooks on Ray, then
+    the fit's evaluation; offline (an ItemCollection of local COGs)."""
+    from tiler.mosaic import open_mosaic
+
+    out = tmp_path / "demo"
+    proc = _declouder(
+        "demo", "--out", str(out), "--preset", "smoke", "--address", ray_address, "--no-live", cwd=tmp_path
+    )
+    text, _ = proc.communicate(timeout=CAMPAIGN_TIMEOUT_S)
+    assert proc.returncode == 0, text
+    assert "6/6 done, 0 failed" in text
+    report = json.loads((out / "output-smoke" / "report.json").read_text())
+    (mosaic_url,) = report["mosaics"]
+    assert report["mosaics"][mosaic_url] == "complete"
+    mosaic = open_mosaic(mosaic_url)
+    assert mosaic.sizes["time"] == 20  # the sample's 20 S2 dates, spring and summer 2019
+    pngs = sorted(Path(report["outputs"][mosaic_url]["quicklooks"]).glob("*.png"))
+    assert len(pngs) == 20
+    assert "evaluation: before/after quicklook" in text
+    metrics = json.loads(next((out / "evaluation").glob("*.json")).read_text())
+    assert metrics  # the fit stage's metrics against its baselines (tests/test_fit_cli.py checks them)

@@ -11,7 +11,7 @@ from rich.console import Console
 from campaign.config import CampaignConfig, ResourcesConfig, parse_config
 from campaign.driver import CampaignProgress, OutputLayout, claim_output, fit_pool
 from campaign.errors import CampaignMismatchError
-from campaign.estimate import REFERENCE_DATES, REFERENCE_PIXELS, estimate_campaign, estimate_lines
+from campaign.estimate import estimate_campaign, estimate_lines
 from campaign.ledger import Ledger
 from campaign.live import LiveView
 from tiler.grid import TileRef
@@ -68,29 +68,40 @@ def test_rerun_with_other_settings_is_refused(tmp_path: Path) -> None:
         claim_output(ledger, later, tiles)
 
 
-def test_estimate_scales_the_reference_by_dates_and_pixels(tmp_path: Path) -> None:
+def test_estimate_scales_a_measured_figure_by_the_tiles_flops(tmp_path: Path) -> None:
     from fit import PRESETS
+    from fit.cost import tile_flops
 
-    config = _config(tmp_path, grid={"size": [192, 384]})
-    measured = PRESETS["smoke"].replace(seconds_per_tile_reference=600.0, reference_device="NVIDIA H100")
+    config = _config(
+        tmp_path, grid={"size": [192, 384]}, catalog={"items": "items.json", "bands": ["B02", "B03"]}
+    )
+    measured = PRESETS["smoke"].replace(seconds_per_tile_reference=600.0, reference_device="NVIDIA H100 SXM")
     estimate = estimate_campaign(config, gpu_hour_price=2.0, gpus=4, fit_config=measured)
-    assert estimate.tiles > 0
+    assert estimate.tiles > 0 and estimate.bands == 2
     assert estimate.dates_per_tile == round(183 / 5)
-    iterations = measured.total_iterations(estimate.dates_per_tile) / measured.total_iterations(
-        REFERENCE_DATES
-    )
-    expected = 600.0 * iterations * (192 * 384) / REFERENCE_PIXELS
-    assert estimate.seconds_per_tile == pytest.approx(expected)
-    assert estimate.gpu_hours == pytest.approx(expected * estimate.tiles / 3600)
-    assert estimate.cost == pytest.approx(estimate.gpu_hours * 2.0)
-    assert estimate.wall_hours == pytest.approx(estimate.gpu_hours / 4)
+    ours = tile_flops(measured, n_dates=estimate.dates_per_tile, size=(192, 384), bands=("B02", "B03")).total
+    (figure,) = estimate.figures
+    assert figure.measured and figure.device == "NVIDIA H100 SXM"
+    assert figure.seconds_per_tile == pytest.approx(600.0 * ours / tile_flops(measured).total)
+    hours = estimate.gpu_hours(figure)
+    assert hours == pytest.approx(figure.seconds_per_tile * estimate.tiles / 3600)
+    assert estimate.cost(figure) == pytest.approx(hours * 2.0)
+    assert estimate.wall_hours(figure) == pytest.approx(hours / 4)
     text = "\n".join(estimate_lines(estimate, config))
-    assert "measured on NVIDIA H100" in text and "cost:" in text
-    unmeasured = estimate_campaign(
-        config, fit_config=PRESETS["smoke"].replace(seconds_per_tile_reference=None)
-    )
-    assert unmeasured.gpu_hours is None
-    assert "carries no measured seconds per tile" in "\n".join(estimate_lines(unmeasured, config))
+    assert "GPU-hours on NVIDIA H100 SXM" in text and "cost " in text
+
+
+def test_estimate_without_a_measurement_gives_the_flops_range(tmp_path: Path) -> None:
+    from fit import PRESETS
+    from fit.cost import GPU_THROUGHPUT_TFLOPS
+
+    config = _config(tmp_path)
+    estimate = estimate_campaign(config, fit_config=PRESETS["smoke"].replace(seconds_per_tile_reference=None))
+    assert [f.measured for f in estimate.figures] == [False] * len(GPU_THROUGHPUT_TFLOPS)
+    for figure, tflops in zip(estimate.figures, GPU_THROUGHPUT_TFLOPS.values(), strict=True):
+        assert figure.seconds_per_tile == pytest.approx(estimate.tflop_per_tile / tflops)
+    text = "\n".join(estimate_lines(estimate, config))
+    assert "throughput assumed, not measured" in text and "estimates from its FLOPs" in text
 
 
 def test_live_view_prints_one_line_per_event_off_a_terminal() -> None:

@@ -85,16 +85,13 @@ def estimate(
     as_json: Annotated[bool, typer.Option("--json", help="Print the estimate as JSON.")] = False,
 ) -> None:
     """Tiles, km², GPU-hours and cost of a campaign, before running it."""
-    import dataclasses
-
     from campaign.config import load_config
     from campaign.estimate import estimate_campaign, estimate_lines
 
     cfg = load_config(config)
     result = estimate_campaign(cfg, gpu_hour_price=gpu_hour_price, dates_per_tile=dates_per_tile, gpus=gpus)
     if as_json:
-        data = dataclasses.asdict(result) | {"cost": result.cost, "wall_hours": result.wall_hours}
-        typer.echo(json.dumps(data, indent=2, default=str))
+        typer.echo(json.dumps(result.as_dict(), indent=2))
         return
     for line in estimate_lines(result, cfg):
         typer.echo(line)
