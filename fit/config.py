@@ -162,7 +162,14 @@ class FitConfig:
         return cls(masks=masks, **values)
 
 
-PAPER = FitConfig(name="paper")
+#: Device the reference seconds below are quoted for. They are ESTIMATES, not measurements (no GPU was
+#: available to measure them): FLOPs per 30-date 384×768 tile counted by fit.cost.tile_flops
+#: (``python bench/fit_cost.py --sections flops``) at the conservative achieved throughput of
+#: fit.cost.GPU_THROUGHPUT_TFLOPS (17.6 TFLOP/s). Replace them with the seconds per tile that
+#: ``python bench/fit_cost.py --device cuda --sections speed`` measures on the campaign's card.
+ESTIMATED_ON = "H100 (estimate from FLOPs at 17.6 TFLOP/s; not measured)"
+
+PAPER = FitConfig(name="paper", seconds_per_tile_reference=26_480.0, reference_device=ESTIMATED_ON)
 
 SMOKE = FitConfig(
     name="smoke",
@@ -184,6 +191,9 @@ FAST = FitConfig(
     perceptual_weight=0.0,
     guide=True,
     keep_clear=True,
+    # 208 TFLOP per reference tile (260 steps of 0.775 TFLOP + inference): see ESTIMATED_ON.
+    seconds_per_tile_reference=12.0,
+    reference_device=ESTIMATED_ON,
 )
 
 #: The presets by name; ``fast`` is the default everywhere.
