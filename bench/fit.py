@@ -2,6 +2,7 @@
 
     python bench/fit.py                      # flops + speed (a couple of minutes on 2 cores)
     python bench/fit.py --sections psnr      # PSNR from `evaluate` against iterations (tens of minutes)
+    python bench/fit.py --sections tile      # seconds per iteration at the full 5 x 384x768 window
     python bench/fit.py --sections flops,speed,psnr --threads 2
 
 Every figure is printed next to a baseline measured in the same process: the ``paper`` preset for cost,
@@ -124,6 +125,23 @@ def section_speed(threads: int) -> None:
         print(f"{name:8s} {seconds:8.3f} {seconds / paper:9.3f} {iterations:17d} {estimate:12,.0f}")
 
 
+def section_tile(threads: int) -> None:
+    """One iteration at the paper's full window: the figure the presets' seconds per tile come from."""
+    print(f"\n== seconds per iteration on this CPU ({threads} threads) at the full window {PAPER_SHAPE} x "
+          f"{len(PAPER_BANDS)} bands, L2-only presets; one iteration after a warm-up")  # fmt: skip
+    for name, config in PRESETS.items():
+        if config.perceptual_weight > 0:
+            continue  # a CPU iteration with VGG at this size takes minutes; its FLOPs are above
+        step, _ = build(config, PAPER_SHAPE, PAPER_BANDS, "cpu")
+        step()
+        started = time.perf_counter()
+        step()
+        seconds = time.perf_counter() - started
+        iterations = config.total_iterations(TILE_DATES)
+        per_tile = seconds * iterations
+        print(f"{name:8s} {seconds:8.2f} s/iter x {iterations} iterations = {per_tile:,.0f} s/tile")
+
+
 def section_psnr(device: str, dates: Sequence[tuple[int, int]]) -> None:
     print("\n== PSNR (painted region, cloudiest paint) from `evaluate` against iterations, fast preset")
     tile = TileArrays.from_dataset(open_tile(str(SAMPLE)).load())
@@ -148,7 +166,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--sections", default="flops,speed", help="comma-separated: flops, speed, psnr")
+    parser.add_argument(
+        "--sections", default="flops,speed", help="comma-separated: flops, speed, tile, psnr"
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch threads (2 cores here)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dates", default="0:30,30:60", help="date windows for the psnr section")
@@ -160,6 +180,8 @@ def main() -> None:
         section_flops()
     if "speed" in sections:
         section_speed(args.threads)
+    if "tile" in sections:
+        section_tile(args.threads)
     if "psnr" in sections:
         windows = [tuple(int(v) for v in w.split(":")) for w in args.dates.split(",")]
         section_psnr(args.device, windows)
