@@ -4,6 +4,7 @@
     python bench/fit.py --sections psnr      # PSNR from `evaluate` against iterations (tens of minutes)
     python bench/fit.py --sections tile      # seconds per iteration at the full 5 x 384x768 window
     python bench/fit.py --sections flops,speed,psnr --threads 2
+    python bench/fit.py --device cuda --sections cost   # the cost table on a GPU (bench/fit_cost.py)
 
 Every figure is printed next to a baseline measured in the same process: the ``paper`` preset for cost,
 the best baseline of the same evaluation for quality. FLOPs are counted with torch.utils.flop_counter on
@@ -167,7 +168,9 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--sections", default="flops,speed", help="comma-separated: flops, speed, tile, psnr"
+        "--sections",
+        default="flops,speed,cost",
+        help="comma-separated: flops, speed, tile, psnr, cost, cost-quality",
     )
     parser.add_argument("--threads", type=int, default=2, help="torch threads (2 cores here)")
     parser.add_argument("--device", default="cpu")
@@ -185,6 +188,20 @@ def main() -> None:
     if "psnr" in sections:
         windows = [tuple(int(v) for v in w.split(":")) for w in args.dates.split(",")]
         section_psnr(args.device, windows)
+    if sections & {"cost", "cost-quality"}:
+        # The cost table of bench/fit_cost.py: FLOPs per tile and ratios to paper, GPU-second estimates,
+        # fp32 vs bf16 step times on --device (on CUDA with achieved TFLOP/s, peak memory, fits per GPU);
+        # "cost-quality" adds the paper-proxy vs fast painted-region quality (long on a CPU).
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import fit_cost
+
+        fit_cost.section_flops()
+        fit_cost.section_speed(args.device, "off")
+        if "cost-quality" in sections:
+            windows = [(int(a), int(b)) for a, b in (w.split(":") for w in args.dates.split(","))]
+            fit_cost.section_quality(
+                args.device, windows, fit_cost.DEFAULT_CROP, fit_cost.DEFAULT_PAPER_SCALE, None
+            )
 
 
 if __name__ == "__main__":
