@@ -177,3 +177,18 @@ def test_fit_between_object_store_urls(worldcereal_tile: Path, s3_endpoint: dict
     assert tile_status(dst, s3_endpoint) == "complete"
     fitted = open_tile(dst, storage_options=s3_endpoint, require=[DECLOUDED])
     assert fitted[DECLOUDED].shape == ds["s2"].shape
+
+
+def test_four_band_tile_at_20_m_without_radar(tmp_path: Path) -> None:
+    """The GreenEarthNet sample: 4 bands, 20 m pixels, real clouds, no S1: fitted with noise input."""
+    sample = Path(__file__).resolve().parent / "data" / "greenearthnet_34tet.zarr"
+    ds = open_tile(str(sample)).isel(time=slice(6, 14), y=slice(0, 20), x=slice(0, 28)).load()
+    assert ds.rio.transform().a == 20.0 and ds.sizes["band"] == 4
+    write_tile(ds, str(tmp_path / "gen.zarr"))
+    with pytest.raises(FitInputError, match="no radar"):
+        fit_tile(str(tmp_path / "gen.zarr"), str(tmp_path / "a.zarr"), preset=TINY, device="cpu")
+    result = fit_tile(str(tmp_path / "gen.zarr"), str(tmp_path / "b.zarr"), preset=TINY, input="noise",
+                      device="cpu")  # fmt: skip
+    fitted = open_tile(str(tmp_path / "b.zarr"), require=[DECLOUDED]).load()
+    assert fitted[DECLOUDED].shape == ds["s2"].shape and result.windows == 4
+    assert fitted.rio.crs.to_epsg() == 32634
