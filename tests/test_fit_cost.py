@@ -255,3 +255,34 @@ def test_fits_per_gpu_is_chosen_from_memory() -> None:
     assert fits_per_gpu(100 * gib, 80 * gib) == 0
     with pytest.raises(ValueError, match="positive"):
         fits_per_gpu(0, 80 * gib)
+
+
+def test_fit_command_saves_and_warm_starts(
+    worldcereal_tile: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from campaign.cli import main
+
+    def declouder(*args: object) -> int:
+        monkeypatch.setattr("sys.argv", ["declouder", *map(str, args)])
+        try:
+            main()
+        except SystemExit as exit_:
+            return int(exit_.code or 0)
+        return 0
+
+    first = _store(worldcereal_tile, tmp_path / "a.zarr", CROP)
+    second = _store(worldcereal_tile, tmp_path / "b.zarr", NEIGHBOUR)
+    common = ("--preset", "smoke", "--device", "cpu")
+    assert declouder("fit", first, "--out", tmp_path / "a_out.zarr", *common, "--save-weights") == 0
+    saved = weights_url(str(tmp_path / "a_out.zarr"))
+    assert Path(saved).is_file()
+    assert declouder("fit", second, "--out", tmp_path / "b_out.zarr", *common, "--init-weights", saved) == 0
+    assert open_tile(str(tmp_path / "b_out.zarr")).attrs["fit_warm_started"] is True
+    capsys.readouterr()
+    missing = tmp_path / "none.weights.pt"
+    assert declouder("fit", second, "--out", tmp_path / "c.zarr", *common, "--init-weights", missing) == 2
+    err = capsys.readouterr().err
+    assert "not found" in err and "--save-weights" in err and "Traceback" not in err

@@ -100,6 +100,12 @@ def fit_command(
     storage_options: str | None = typer.Option(
         None, "--storage-options", help="fsspec options for both stores, as JSON."
     ),
+    init_weights: str | None = typer.Option(
+        None, "--init-weights", help="Warm start from a fitted neighbour's OUT.weights.pt (docs/fit.md)."
+    ),
+    save_weights: bool = typer.Option(
+        False, "--save-weights", help="Also write the final weights to OUT.weights.pt for warm starts."
+    ),
 ) -> None:
     """Fit one tile: write its declouded series (s2_declouded) next to its inputs, in the tile schema."""
     from fit.tile import fit_tile
@@ -116,6 +122,8 @@ def fit_command(
             storage_options=storage_options_option(storage_options),
             vgg_weights=vgg_weights,
             progress=lambda event: update(f"fit {input}", event),
+            init_weights=init_weights,
+            save_weights=save_weights,
         )
     console.print(
         f"[green]wrote[/] {result.out_url}: {result.iterations} iterations over {result.windows} windows "
