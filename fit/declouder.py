@@ -287,7 +287,9 @@ def decloud(
             "the tile's masks; nothing was written"
         )
     inputs = _network_input(s1, config, days, (n_dates, height, width), seed, name)
-    guide = guide_series(np.nan_to_num(s2), clear, days) if config.guide else None
+    # Held-out pixels feed nothing the fit sees: not the loss, not the interpolation guide.
+    learn, _ = split_holdout(clear, config.holdout_fraction, seed)
+    guide = guide_series(np.nan_to_num(s2), learn, days) if config.guide else None
     if config.perceptual_weight > 0 and vgg is None:
         vgg = load_vgg16(vgg_weights)
 
@@ -449,7 +451,7 @@ def _fit(
 
     x_all = series(inputs)
     target = series(np.nan_to_num(s2))
-    learn, held = split_holdout(clear, config.holdout_fraction, seed)
+    learn, held = split_holdout(clear, config.holdout_fraction, seed)  # the same draw as decloud's
     weight = pixel_weights(learn)
     held_weight = pixel_weights(held) if held.any() else None
     offset = None

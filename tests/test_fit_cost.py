@@ -64,7 +64,7 @@ def test_bad_cost_settings_are_refused_by_name(change: dict[str, object], rule: 
 
 
 def test_schedule_counts_batched_and_warm_steps() -> None:
-    fast = PRESETS["fast"]
+    fast = PRESETS["fast"].replace(passes=4, iterations_per_window=10)
     assert fast.total_iterations(30) == 4 * 26 * 10
     assert fast.replace(windows_per_step=4).total_iterations(30) == 4 * 7 * 10  # ceil(26 / 4) = 7
     assert fast.replace(warm_passes=1).total_iterations(30, warm=True) == 1 * 26 * 10
