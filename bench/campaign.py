@@ -26,6 +26,7 @@ import argparse
 import itertools
 import json
 import math
+import os
 import shutil
 import statistics
 import sys
@@ -193,13 +194,18 @@ def run(
     run_record = ledger.runs()[-1]
     gaps, busy = idle_gaps(ledger)
     fits = [a for r in ledger for a in r.attempts if a.stage == Stage.FIT and a.outcome == "ok"]
-    fit_span = max(a.ended for a in fits) - min(a.started for a in fits)
+    first_fit, last_fit = min(a.started for a in fits), max(a.ended for a in fits)
+    fit_span = last_fit - first_fit
     n = len(tiles)
     return {
         "workers": workers,
         "tiles": n,
         "wall_s": wall,
+        # Ray start-up, fit actors' start (torch import), the ledger read: before the first fit.
+        "startup_s": first_fit - report.started,
         "fit_phase_s": fit_span,
+        # The zone's mosaic (template, one task per cell, finalize) after the last fit.
+        "mosaic_s": report.ended - last_fit,
         "fit_s_per_tile": busy / n,
         "throughput_tiles_per_s": n / fit_span,
         "driver_busy_s": run_record.driver_busy_seconds,
@@ -275,8 +281,9 @@ def main() -> None:
             r = result
             print(
                 f"{workers} worker(s): wall {r['wall_s']:.0f} s ({r['wall_s_per_tile']:.3f} s/tile, "
-                f"{r['wall_s_per_tile'] / base:.2f}x the baseline), fit phase {r['fit_phase_s']:.0f} s, "
-                f"{r['throughput_tiles_per_s']:.2f} tiles/s"
+                f"{r['wall_s_per_tile'] / base:.2f}x the baseline): start-up {r['startup_s']:.0f} s, "
+                f"fit phase {r['fit_phase_s']:.0f} s ({r['throughput_tiles_per_s']:.2f} tiles/s), "
+                f"mosaic {r['mosaic_s']:.0f} s"
             )
             print(
                 f"   driver busy {r['driver_busy_ms_per_tile']:.1f} ms/tile "
@@ -288,6 +295,8 @@ def main() -> None:
         if len(results) >= 2:
             ratio = results[1]["throughput_tiles_per_s"] / results[0]["throughput_tiles_per_s"]
             print(f"throughput {results[1]['workers']} vs {results[0]['workers']} workers: {ratio:.2f}x")
+        load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+        print(f"load average at the end: {load} on {os.cpu_count()} CPUs (other processes share them)")
         if args.json:
             args.json.write_text(json.dumps(results, indent=2))
     finally:

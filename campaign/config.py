@@ -114,6 +114,9 @@ class FitSection(_Section):
     device: str = "auto"
     seed: int = 0
     vgg_weights: str | None = Field(default=None, description="path to VGG16 weights for presets that use it")
+    #: Start each fit from a fitted neighbour's weights (fit_tile's init_weights; every fit then saves its
+    #: weights beside its store). With a preset's ``warm_passes`` a warm fit runs fewer passes.
+    warm_start: bool = False
 
 
 class ResourcesConfig(_Section):

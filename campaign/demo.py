@@ -11,6 +11,7 @@ status`` work on it too.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,8 +27,14 @@ DEMO_END = "2019-07-26"
 #: Tiles of 64×64 px with 8 px overlap: the 64×64 px site spans 2×3 of them, so the mosaic blends seams.
 DEMO_TILE_PX = 64
 DEMO_OVERLAP_PX = 8
-#: Fit actors of the demo: two, so two fits run at once (on GPUs if there are, else on CPU).
-DEMO_FIT_ACTORS = 2
+#: Resources of the demo's campaign: two fit actors, so two fits run at once (on GPUs if there are, else
+#: on CPU), and small CPU shares, so that it runs on a 2-core laptop.
+DEMO_RESOURCES: dict[str, float | int] = {
+    "fit_actors": 2,
+    "cpus_per_fit": 0.5,
+    "ingest_cpus": 0.5,
+    "ingest_concurrency": 2,
+}
 #: Densify the site's edges to this step (metres) before projecting them to lon/lat.
 EDGE_STEP_M = 20.0
 
@@ -61,11 +68,14 @@ def site_area() -> str:
     return shapely.transform(box, lambda xy: np.column_stack(transformer.transform(*xy.T))).wkt
 
 
-def write_demo_config(out_dir: str | Path, *, preset: str) -> Path:
+def write_demo_config(
+    out_dir: str | Path, *, preset: str, resources: Mapping[str, float | int] | None = None
+) -> Path:
     """Write the sample catalogue and a campaign config for it under ``out_dir``; returns the config.
 
     Each preset writes to its own output folder, so a demo rerun with another preset starts afresh
-    instead of meeting a campaign with other settings.
+    instead of meeting a campaign with other settings. ``resources`` replace keys of
+    :data:`DEMO_RESOURCES` (e.g. ``gpus_per_fit``; resources do not change what a campaign computes).
     """
     from ingest.sample import load_site, write_sample_catalog
 
@@ -94,10 +104,7 @@ overlap = {DEMO_OVERLAP_PX}
 preset = "{preset}"
 
 [resources]
-fit_actors = {DEMO_FIT_ACTORS}
-cpus_per_fit = 0.5
-ingest_cpus = 0.5
-ingest_concurrency = 2
+{chr(10).join(f"{key} = {value}" for key, value in {**DEMO_RESOURCES, **(resources or {})}.items())}
 """,
         encoding="utf-8",
     )
@@ -110,9 +117,10 @@ def run_demo(
     preset: str,
     address: str | None = None,
     progress: ProgressCallback | None = None,
+    resources: Mapping[str, float | int] | None = None,
 ) -> DemoResult:
     """Run the demo campaign into ``out_dir`` (a rerun resumes, like any campaign)."""
-    path = write_demo_config(out_dir, preset=preset)
+    path = write_demo_config(out_dir, preset=preset, resources=resources)
     config = load_config(path)
     report = run_campaign(config, address=address, progress=progress)
     from ingest.sample import load_site

@@ -56,6 +56,9 @@ IDLE_S = 0.05
 ACTOR_PING_RETRY_S = 1.0
 #: Fresh actors the driver may start in place of actors that died for good, per pool slot.
 REPLACEMENTS_PER_SLOT = 2
+#: Neighbours a warm start may take its weights from, in order of preference (col, row offsets): the
+#: four sharing an edge, then the diagonals.
+WARM_NEIGHBOURS = ((-1, 0), (0, -1), (1, 0), (0, 1), (-1, -1), (1, -1), (-1, 1), (1, 1))
 #: Tiles ingested ahead of the fits, per fit actor: enough that no GPU waits, few enough that scratch
 #: space holds a bounded number of input tiles (~0.5 GB each at 384×768×30 dates).
 INGEST_AHEAD_PER_ACTOR = 2
@@ -273,6 +276,7 @@ class _Work:
     zone: int | None = None
     overwrite: bool = False
     actor: str | None = None
+    warm: bool = False
 
 
 class CampaignDriver:
@@ -297,6 +301,8 @@ class CampaignDriver:
         self._progress = progress
         self._queue_ingest: deque[str] = deque()
         self._queue_fit: deque[str] = deque()
+        #: Tiles whose warm-started fit failed: their next attempt starts from scratch.
+        self._cold: set[str] = set()
         #: Tiles queued for or running ingest or fit in this run, and how many of them per UTM zone.
         self._active: set[str] = set()
         self._active_per_zone: Counter[int] = Counter()
@@ -426,6 +432,21 @@ class CampaignDriver:
             return Stage.FIT
         return Stage.INGEST
 
+    def _warm_source(self, tile_id: str) -> tuple[str | None, str | None]:
+        """A fitted neighbour to start this tile's fit from, and its weights URL (fit.warm_start)."""
+        if not self.config.fit.warm_start or tile_id in self._cold:
+            return None, None
+        tile = self.tiles[tile_id]
+        for dc, dr in WARM_NEIGHBOURS:
+            near = TileRef(tile.epsg, tile.col + dc, tile.row + dr, tile.size, tile.overlap, tile.resolution)
+            record = self.ledger.get(near.tile_id)
+            if record is None or self._states.get(near.tile_id) not in DONE_STATES or not record.fit:
+                continue
+            weights = record.fit.get("weights_url")
+            if weights:
+                return near.tile_id, str(weights)
+        return None, None
+
     def _activate(self, tile_id: str) -> None:
         if tile_id not in self._active:
             self._active.add(tile_id)
@@ -499,6 +520,7 @@ class CampaignDriver:
             seed=cfg.fit.seed,
             vgg_weights=cfg.fit.vgg_weights,
             storage_options=cfg.storage_options or None,
+            save_weights=cfg.fit.warm_start,
         )
         self._actor_class = ray.remote(FitWorker)
         self._actor_options = {
@@ -546,12 +568,14 @@ class CampaignDriver:
         for slot in self._slots:
             if slot.state == "idle" and self._queue_fit:
                 tile_id = self._queue_fit.popleft()
+                source, weights = self._warm_source(tile_id)
                 ref = slot.handle.fit.remote(
-                    tile_id, self.layout.ingested(tile_id), self.layout.fitted(tile_id)
+                    tile_id, self.layout.ingested(tile_id), self.layout.fitted(tile_id), weights
                 )
                 slot.state, slot.tile_id = "busy", tile_id
-                self._inflight[ref] = _Work("fit", tile_id, time.time(), slot.index)
-                self._emit("fit_started", f"fitting {tile_id} on {slot.name}", tile_id, slot.info)
+                self._inflight[ref] = _Work("fit", tile_id, time.time(), slot.index, warm=weights is not None)
+                warm = f" (warm start from {source})" if source else ""
+                self._emit("fit_started", f"fitting {tile_id} on {slot.name}{warm}", tile_id, slot.info)
         if self._queue_fit and self._slots and all(s.state == "dead" for s in self._slots):
             raise CampaignError(
                 f"every fit actor died and none could be replaced; {len(self._queue_fit)} tiles wait to be "
@@ -649,6 +673,8 @@ class CampaignDriver:
         if slot is not None and slot.state == "busy":
             slot.state, slot.tile_id = "idle", None
         if not outcome.ok:
+            if work.warm:
+                self._cold.add(tile_id)
             self._failed_attempt(
                 tile_id,
                 outcome.stage,

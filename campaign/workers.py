@@ -70,6 +70,8 @@ class FitOptions:
     seed: int
     vgg_weights: str | None
     storage_options: Mapping[str, Any] | None = None
+    #: Save every fit's weights beside its store, so that its neighbours can start from them.
+    save_weights: bool = False
 
 
 def current_worker(name: str, gpu_share: float = 0.0) -> WorkerInfo:
@@ -111,9 +113,12 @@ def is_permanent(err: BaseException) -> bool:
     read errors are DeclouderErrors too, but they come from the network, after its own retries: a later
     attempt may well succeed.
     """
+    from fit.errors import WarmStartError
     from ingest.errors import AssetReadError, CatalogError
 
-    return isinstance(err, DeclouderError) and not isinstance(err, (CatalogError, AssetReadError))
+    # A neighbour's unusable weights are not this tile's fault: the driver retries it from scratch.
+    passing = (CatalogError, AssetReadError, WarmStartError)
+    return isinstance(err, DeclouderError) and not isinstance(err, passing)
 
 
 def _describe(err: BaseException) -> str:
@@ -182,7 +187,8 @@ class FitWorker:
         """Returns once the actor is up (also after a restart): who and where it is."""
         return current_worker(self._name, self._gpu_share)
 
-    def fit(self, tile_id: str, in_url: str, out_url: str) -> StageOutcome:
+    def fit(self, tile_id: str, in_url: str, out_url: str, init_weights: str | None = None) -> StageOutcome:
+        """Fit one tile; ``init_weights``: a fitted neighbour's weights to start from (warm start)."""
         opts = self._options
         worker = current_worker(self._name, self._gpu_share)
         return run_stage(
@@ -199,6 +205,8 @@ class FitWorker:
                 overwrite=True,
                 storage_options=opts.storage_options,
                 vgg_weights=opts.vgg_weights,
+                init_weights=init_weights,
+                save_weights=opts.save_weights,
             ),
         )
 

@@ -64,6 +64,7 @@ def write_config(
     output: str = "out",
     top: str = "",
     extra: str = "",
+    warm_start: bool = False,
 ) -> Path:
     """A campaign config over the sample: smoke fits, 0.5 GPU per fit, small CPU shares for 2 cores."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -86,6 +87,7 @@ overlap = {OVERLAP_PX}
 
 [fit]
 preset = "smoke"
+warm_start = {json.dumps(warm_start)}
 
 [resources]
 gpus_per_fit = 0.5

@@ -23,7 +23,7 @@ import pytest
 from campaign_data import CLOUDY_PERIOD, POISON_TILE, sample_catalog, write_config
 
 from campaign.config import load_config
-from campaign.driver import CampaignProgress, OutputLayout, run_campaign
+from campaign.driver import CampaignProgress, OutputLayout, campaign_status
 from campaign.ledger import Ledger, Stage, TileState
 from campaign.report import CampaignReport
 from tiler.store import tile_status
@@ -32,6 +32,8 @@ ray = pytest.importorskip("ray")
 
 #: Seconds between a fit's start and killing its actor: the smoke fits here run for several seconds.
 KILL_DELAY_S = 1.0
+#: The demo's campaign in the tests: 4 fit actors, 2 per fake GPU, small CPU shares for 2 cores.
+DEMO_TEST_RESOURCES = {"gpus_per_fit": 0.5, "fit_actors": 4, "cpus_per_fit": 0.25}
 #: How long a subprocess campaign may take before the test gives up on it.
 CAMPAIGN_TIMEOUT_S = 400
 
@@ -59,12 +61,13 @@ def _kill(how: str, name: str, pid: int) -> None:
 
 
 @pytest.fixture(scope="module")
-def faulty_run(
-    ray_address: str, sample: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
-) -> dict[str, Any]:
-    """A campaign of 4 tiles on 4 fit actors (2 per fake GPU) where two fits (of two tiles) lose their
-    actor mid-fit: one to ray.kill, one to SIGKILL of the actor's process."""
-    config = load_config(write_config(tmp_path_factory.mktemp("faulty"), sample))
+def demo_run(ray_address: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The demo's campaign (the bundled sample: 6 tiles of 64×64 px, 20 dates) on 4 fit actors sharing
+    the 2 fake GPUs (0.5 each), where two fits (of two tiles) lose their actor mid-fit: one to ray.kill,
+    one to SIGKILL of the actor's process."""
+    from campaign.demo import run_demo
+
+    out = tmp_path_factory.mktemp("demo")
     kills: list[dict[str, Any]] = []
     events: list[CampaignProgress] = []
 
@@ -78,38 +81,73 @@ def faulty_run(
             )
             threading.Timer(KILL_DELAY_S, _kill, (how, event.worker.name, event.worker.pid)).start()
 
-    report = run_campaign(config, progress=on_event)
-    return {"config": config, "report": report, "kills": kills, "events": events}
+    result = run_demo(out, preset="smoke", progress=on_event, resources=DEMO_TEST_RESOURCES)
+    config = load_config(result.config)
+    return {
+        "out": out,
+        "result": result,
+        "config": config,
+        "report": result.report,
+        "kills": kills,
+        "events": events,
+    }
 
 
-def test_campaign_fits_every_tile_and_mosaics_them(faulty_run: dict[str, Any]) -> None:
+def test_demo_runs_the_whole_pipeline_on_the_real_sample(demo_run: dict[str, Any]) -> None:
     from tiler.mosaic import open_mosaic
 
-    report: CampaignReport = faulty_run["report"]
-    config = faulty_run["config"]
-    assert (report.tiles_planned, report.tiles_done, report.tiles_failed) == (4, 4, 0)
+    report: CampaignReport = demo_run["report"]
+    config = demo_run["config"]
+    assert (report.tiles_planned, report.tiles_done, report.tiles_failed) == (6, 6, 0)
     assert report.exit_code == 0
     ledger = Ledger.open(OutputLayout(config.output).ledger)
     assert {r.state for r in ledger} == {TileState.MOSAICKED}
-    mosaic_url = OutputLayout(config.output).mosaic(32631)
+    mosaic_url = demo_run["result"].mosaic_url
     assert report.mosaics == {mosaic_url: "complete"}
     mosaic = open_mosaic(mosaic_url)
+    assert mosaic.sizes["time"] == 20  # the sample's 20 S2 dates, spring and summer 2019
     declouded = mosaic["s2_declouded"].values
     assert declouded.shape[1] == len(config.catalog.model_extra["bands"])
-    assert (declouded > 0).mean() > 0.5  # the 2×2 cells lie inside the site: mostly real reflectance
+    # The 6 cells cover the 64×64 px site and some ground around it without imagery (nodata = 0).
+    site = (declouded > 0).all(axis=(0, 1))
+    assert site.sum() >= 60 * 60
     outputs = report.outputs[mosaic_url]
     assert sorted(outputs) == ["quicklooks", "stac"]
-    assert len(list(Path(outputs["quicklooks"]).glob("*.png"))) == mosaic.sizes["time"]
+    assert len(demo_run["result"].quicklooks) == 20
     assert json.loads(Path(outputs["stac"]).read_text())["type"] == "Collection"
     saved = json.loads(Path(config.output, "report.json").read_text())
-    assert saved["tiles_done"] == 4 and saved["exit_code"] == 0
+    assert saved["tiles_done"] == 6 and saved["exit_code"] == 0
+    # `declouder status` rebuilds the same figures from the ledger alone.
+    status = campaign_status(config)
+    assert (status.tiles_done, status.tiles_failed, status.fit_attempts) == (6, 0, report.fit_attempts)
+    assert status.mosaics == report.mosaics
+    assert status.gpu_seconds_fits == pytest.approx(report.gpu_seconds_fits)
 
 
-def test_each_fit_is_pinned_to_one_gpu_and_gpus_are_never_oversubscribed(faulty_run: dict[str, Any]) -> None:
-    report: CampaignReport = faulty_run["report"]
-    ledger = Ledger.open(OutputLayout(faulty_run["config"].output).ledger)
+def test_demo_command_reports_a_finished_demo_without_starting_ray(demo_run: dict[str, Any]) -> None:
+    """`declouder demo` on the demo's folder: the campaign is done, so it only reports (no Ray)."""
+    proc = _declouder(
+        "demo",
+        "--out",
+        str(demo_run["out"]),
+        "--preset",
+        "smoke",
+        "--no-evaluate",
+        "--no-live",
+        cwd=demo_run["out"],
+    )
+    text, _ = proc.communicate(timeout=CAMPAIGN_TIMEOUT_S)
+    assert proc.returncode == 0, text
+    assert "6/6 done, 0 failed, 0 pending (6 already done before this run)" in text
+    assert "quicklooks of the declouded mosaic: 20 PNGs" in text
+    assert "started an embedded Ray" not in text and "joined the Ray cluster" not in text
+
+
+def test_each_fit_is_pinned_to_one_gpu_and_gpus_are_never_oversubscribed(demo_run: dict[str, Any]) -> None:
+    report: CampaignReport = demo_run["report"]
+    ledger = Ledger.open(OutputLayout(demo_run["config"].output).ledger)
     fits = [a for r in ledger for a in r.attempts if a.stage == Stage.FIT and a.outcome == "ok"]
-    assert len(fits) == 4
+    assert len(fits) == 6
     for attempt in fits:
         # Recorded inside the actor: Ray gave it one GPU and CUDA_VISIBLE_DEVICES names exactly that one.
         assert len(attempt.gpu_ids) == 1
@@ -121,10 +159,10 @@ def test_each_fit_is_pinned_to_one_gpu_and_gpus_are_never_oversubscribed(faulty_
     assert report.gpu_seconds_fits > 0 and report.gpu_seconds_held >= report.gpu_seconds_fits
 
 
-def test_killed_actors_lose_no_tile_and_count_none_twice(faulty_run: dict[str, Any]) -> None:
-    kills = faulty_run["kills"]
+def test_killed_actors_lose_no_tile_and_count_none_twice(demo_run: dict[str, Any]) -> None:
+    kills = demo_run["kills"]
     assert [k["how"] for k in kills] == ["ray.kill", "SIGKILL"]
-    ledger = Ledger.open(OutputLayout(faulty_run["config"].output).ledger)
+    ledger = Ledger.open(OutputLayout(demo_run["config"].output).ledger)
     for record in ledger:
         assert record.successes_at(Stage.FIT) == 1, record.tile_id
     for kill in kills:
@@ -137,9 +175,9 @@ def test_killed_actors_lose_no_tile_and_count_none_twice(faulty_run: dict[str, A
         # The retry ran in another process: another actor, or the dead one restarted by Ray.
         ok = [a for a in fits if a.outcome == "ok"]
         assert ok[0].pid != kill["pid"] and ok[0].number == 2
-    report: CampaignReport = faulty_run["report"]
-    assert report.worker_deaths == 2 and report.fit_attempts == 6
-    assert any(e.kind == "worker_died" for e in faulty_run["events"])
+    report: CampaignReport = demo_run["report"]
+    assert report.worker_deaths == 2 and report.fit_attempts == 8
+    assert any(e.kind == "worker_died" for e in demo_run["events"])
 
 
 def _declouder(*args: str, cwd: Path) -> subprocess.Popen[str]:
@@ -178,14 +216,63 @@ def _mtime(store: str) -> float:
     return Path(store, "zarr.json").stat().st_mtime
 
 
-def test_ctrl_c_then_driver_killed_then_rerun_finishes_only_what_was_missing(
+def test_driver_killed_mid_campaign_then_rerun_finishes_only_what_was_missing(
+    ray_address: str, sample: dict[str, Any], tmp_path: Path
+) -> None:
+    path = write_config(tmp_path, sample, fit_actors=2, warm_start=True)
+    layout = OutputLayout(str(tmp_path / "out"))
+    fitted = lambda: {t for t, s in _states(layout.ledger).items() if s == TileState.FITTED}  # noqa: E731
+
+    # Run 1: killed outright (SIGKILL: no handler runs) once a tile is fitted.
+    proc = _declouder("run", str(path), "--address", ray_address, "--no-live", cwd=tmp_path)
+    _wait_for(lambda: len(fitted()) >= 1, proc)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    first = fitted()
+    assert 1 <= len(first) < 4
+    stamps = {t: _mtime(layout.fitted(t)) for t in first}
+    ingested = {
+        t: _mtime(layout.ingested(t)) for t, s in _states(layout.ledger).items() if s == TileState.INGESTED
+    }
+
+    # Run 2: resumes and finishes; nothing done before is redone.
+    proc = _declouder("run", str(path), "--address", ray_address, "--no-live", cwd=tmp_path)
+    out, _ = proc.communicate(timeout=CAMPAIGN_TIMEOUT_S)
+    assert proc.returncode == 0, out
+    assert f"({len(first)} already done before this run)" in out
+    ledger = Ledger.open(layout.ledger)
+    assert {r.state for r in ledger} == {TileState.MOSAICKED}
+    for tile_id, stamp in stamps.items():
+        assert _mtime(layout.fitted(tile_id)) == stamp, f"{tile_id} was fitted again"
+    for tile_id, stamp in ingested.items():
+        assert _mtime(layout.ingested(tile_id)) == stamp, f"{tile_id} was ingested again"
+    # Run 1 was killed and left no run record; run 2 ended and left one.
+    (run,) = ledger.runs()
+    fit_runs: dict[str, str] = {}
+    for record in ledger:
+        assert record.successes_at(Stage.FIT) == 1
+        assert record.successes_at(Stage.INGEST) == 1
+        fit_runs[record.tile_id] = next(
+            a.run_id for a in record.attempts if a.stage == Stage.FIT and a.outcome == "ok"
+        )
+    killed_run = {fit_runs[t] for t in first}
+    assert len(killed_run) == 1 and run.run_id not in killed_run
+    assert {fit_runs[t] for t in fit_runs.keys() - first} == {run.run_id}
+    # Warm starts: every fit saved its weights, and the tiles fitted once a neighbour was done (all of
+    # run 2's: in a 2×2 block every tile neighbours every other) started from a neighbour's weights.
+    records = list(ledger)
+    assert all(Path(str(r.fit["weights_url"])).is_file() for r in records if r.fit)
+    warm = {r.tile_id for r in records if r.fit and r.fit["warm_started"]}
+    assert warm == fit_runs.keys() - first
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_cleanly_and_a_rerun_resumes(
     ray_address: str, sample: dict[str, Any], tmp_path: Path
 ) -> None:
     path = write_config(tmp_path, sample, fit_actors=2)
     layout = OutputLayout(str(tmp_path / "out"))
     fitted = lambda: {t for t, s in _states(layout.ledger).items() if s == TileState.FITTED}  # noqa: E731
-
-    # Run 1: Ctrl-C once a tile is fitted -> exit 130, ledger and report written.
     proc = _declouder("run", str(path), "--address", ray_address, "--no-live", cwd=tmp_path)
     _wait_for(lambda: len(fitted()) >= 1, proc)
     proc.send_signal(signal.SIGINT)
@@ -194,47 +281,21 @@ def test_ctrl_c_then_driver_killed_then_rerun_finishes_only_what_was_missing(
     assert "rerun the same command to resume" in out
     first = fitted()
     assert 1 <= len(first) < 4
-    assert json.loads((tmp_path / "out" / "report.json").read_text())["interrupted"] is True
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["interrupted"] is True and report["exit_code"] == 1
+    ledger = Ledger.open(layout.ledger)
+    (stopped,) = ledger.runs()
+    assert stopped.interrupted
+    # The work in flight at Ctrl-C is recorded as interrupted, and does not count towards the limit.
+    interrupted = [(r, a) for r in ledger for a in r.attempts if a.outcome == "interrupted"]
+    assert interrupted and all(r.attempts_at(a.stage) < a.number for r, a in interrupted)
     stamps = {t: _mtime(layout.fitted(t)) for t in first}
 
-    # Run 2: killed outright (SIGKILL: no handler runs) once one more tile is fitted.
-    proc = _declouder("run", str(path), "--address", ray_address, "--no-live", cwd=tmp_path)
-    _wait_for(lambda: len(fitted() - first) >= 1, proc)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=60)
-    second = fitted() - first
-    stamps |= {t: _mtime(layout.fitted(t)) for t in second}
-    ingested = {
-        t: _mtime(layout.ingested(t)) for t, s in _states(layout.ledger).items() if s == TileState.INGESTED
-    }
-
-    # Run 3: resumes and finishes; nothing done before is redone.
     proc = _declouder("run", str(path), "--address", ray_address, "--no-live", cwd=tmp_path)
     out, _ = proc.communicate(timeout=CAMPAIGN_TIMEOUT_S)
     assert proc.returncode == 0, out
-    assert f"({len(first | second)} already done before this run)" in out
-    ledger = Ledger.open(layout.ledger)
-    assert {r.state for r in ledger} == {TileState.MOSAICKED}
-    for tile_id, stamp in stamps.items():
-        assert _mtime(layout.fitted(tile_id)) == stamp, f"{tile_id} was fitted again"
-    for tile_id, stamp in ingested.items():
-        assert _mtime(layout.ingested(tile_id)) == stamp, f"{tile_id} was ingested again"
-    # Runs 1 and 3 ended and left their run records; run 2 was killed and left none.
-    runs = ledger.runs()
-    assert [r.interrupted for r in runs] == [True, False]
-    fit_runs: dict[str, str] = {}
-    for record in ledger:
-        assert record.successes_at(Stage.FIT) == 1
-        assert record.successes_at(Stage.INGEST) == 1
-        fit_runs[record.tile_id] = next(
-            a.run_id for a in record.attempts if a.stage == Stage.FIT and a.outcome == "ok"
-        )
-    assert {fit_runs[t] for t in first} == {runs[0].run_id}
-    killed_run = {fit_runs[t] for t in second}
-    assert len(killed_run) == 1 and killed_run.isdisjoint({runs[0].run_id, runs[1].run_id})
-    assert {fit_runs[t] for t in fit_runs.keys() - first - second} <= {runs[1].run_id}
-    interrupted = [a for r in ledger for a in r.attempts if a.outcome == "interrupted"]
-    assert interrupted and all(a.run_id == runs[0].run_id for a in interrupted)
+    assert {r.state for r in Ledger.open(layout.ledger)} == {TileState.MOSAICKED}
+    assert all(_mtime(layout.fitted(t)) == stamp for t, stamp in stamps.items())
 
 
 def test_poison_tile_fails_with_its_reason_and_the_rest_completes_on_s3(
@@ -245,7 +306,9 @@ def test_poison_tile_fails_with_its_reason_and_the_rest_completes_on_s3(
 
     output = "s3://declouder-test/poison-campaign"
     options = "storage_options = " + _toml_inline(s3_endpoint)
-    path = write_config(tmp_path, sample, period=CLOUDY_PERIOD, fit_actors=2, output=output, top=options)
+    path = write_config(
+        tmp_path, sample, period=CLOUDY_PERIOD, fit_actors=2, output=output, top=options, warm_start=True
+    )
     proc = _declouder("run", str(path), "--address", ray_address, "--no-live", cwd=tmp_path)
     out, _ = proc.communicate(timeout=CAMPAIGN_TIMEOUT_S)
     assert proc.returncode == 1, out
@@ -273,27 +336,3 @@ def _toml_inline(value: Any) -> str:
     if isinstance(value, dict):
         return "{ " + ", ".join(f"{k} = {_toml_inline(v)}" for k, v in value.items()) + " }"
     return json.dumps(value)
-
-
-def test_demo_runs_the_whole_pipeline_offline(ray_address: str, tmp_path: Path) -> None:
-    """`declouder demo`: the bundled real sample through ingest, fit, mosaic and quicklooks on Ray, then
-    the fit's evaluation; offline (an ItemCollection of local COGs)."""
-    from tiler.mosaic import open_mosaic
-
-    out = tmp_path / "demo"
-    proc = _declouder(
-        "demo", "--out", str(out), "--preset", "smoke", "--address", ray_address, "--no-live", cwd=tmp_path
-    )
-    text, _ = proc.communicate(timeout=CAMPAIGN_TIMEOUT_S)
-    assert proc.returncode == 0, text
-    assert "6/6 done, 0 failed" in text
-    report = json.loads((out / "output-smoke" / "report.json").read_text())
-    (mosaic_url,) = report["mosaics"]
-    assert report["mosaics"][mosaic_url] == "complete"
-    mosaic = open_mosaic(mosaic_url)
-    assert mosaic.sizes["time"] == 20  # the sample's 20 S2 dates, spring and summer 2019
-    pngs = sorted(Path(report["outputs"][mosaic_url]["quicklooks"]).glob("*.png"))
-    assert len(pngs) == 20
-    assert "evaluation: before/after quicklook" in text
-    metrics = json.loads(next((out / "evaluation").glob("*.json")).read_text())
-    assert metrics  # the fit stage's metrics against its baselines (tests/test_fit_cli.py checks them)

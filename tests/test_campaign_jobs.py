@@ -69,6 +69,7 @@ def ray_head() -> Iterator[dict[str, str]]:
         head.wait(timeout=60)
 
 
+@pytest.mark.slow  # about a minute on an idle 2-core machine (the head alone takes 15-20 s to start)
 def test_ray_job_submit_runs_a_campaign(ray_head: dict[str, str], tmp_path: Path) -> None:
     sample = sample_catalog(tmp_path / "catalog", **ONE_TILE)
     output = tmp_path / "campaign-out"  # absolute: the job runs in a copy of the working dir
