@@ -4,11 +4,12 @@ The fit is the cost. What one tile costs comes from the fit stage (:mod:`fit.cos
 preset's whole schedule on a tile of this campaign (its dates, its tile size, its bands), counted on the
 network itself. Seconds follow from one of two sources, and the output says which:
 
-- *measured*: the preset carries ``seconds_per_tile_reference`` (seconds per reference tile of 30 dates
-  × 384×768 px) and the ``reference_device`` it was measured on; it is scaled by the ratio of this
-  campaign's tile FLOPs to the reference tile's;
-- *estimated*: otherwise, FLOPs divided by the achieved throughputs :data:`fit.cost.GPU_THROUGHPUT_TFLOPS`
-  assumes for an NVIDIA H100 (a range, not a measurement).
+- *the preset's figure*: the preset carries ``seconds_per_tile_reference`` (seconds per reference tile
+  of 30 dates × 384×768 px) and its ``reference_device`` (the GPU, and whether the figure was measured
+  or estimated: the preset says); it is scaled by the ratio of this campaign's tile FLOPs to the
+  reference tile's;
+- *FLOPs alone*: otherwise, FLOPs divided by the achieved throughputs
+  :data:`fit.cost.GPU_THROUGHPUT_TFLOPS` assumes for an NVIDIA H100 (a range, not a measurement).
 
 Presets that stop early (held-out loss) take fewer steps than the schedule: the FLOP figure is their
 upper bound.
@@ -33,12 +34,12 @@ ESTIMATED_DEVICE = "NVIDIA H100 (throughput assumed, not measured)"
 
 @dataclass(frozen=True)
 class CostFigure:
-    """Seconds per campaign tile from one source: a measurement, or an assumed throughput."""
+    """Seconds per campaign tile from one source: the preset's reference figure, or an assumed throughput."""
 
     label: str
     device: str
     seconds_per_tile: float
-    measured: bool
+    from_preset: bool
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ class Estimate:
                 {
                     "label": f.label,
                     "device": f.device,
-                    "measured": f.measured,
+                    "from_preset": f.from_preset,
                     "seconds_per_tile": f.seconds_per_tile,
                     "gpu_hours": self.gpu_hours(f),
                     "cost": self.cost(f),
@@ -129,10 +130,13 @@ def estimate_campaign(
         reference_tflop = tile_flops(preset).total / 1e12
         figures.append(
             CostFigure(
-                label=f"measured: {preset.seconds_per_tile_reference:,.0f} s per reference tile",
+                label=(
+                    f"the preset's {preset.seconds_per_tile_reference:,.1f} s per reference tile, "
+                    "scaled by FLOPs"
+                ),
                 device=str(preset.reference_device),
                 seconds_per_tile=preset.seconds_per_tile_reference * campaign_tflop / reference_tflop,
-                measured=True,
+                from_preset=True,
             )
         )
     else:
@@ -141,7 +145,7 @@ def estimate_campaign(
                 label=f"estimated at {tflops:,.1f} TFLOP/s achieved ({name})",
                 device=ESTIMATED_DEVICE,
                 seconds_per_tile=campaign_tflop / tflops,
-                measured=False,
+                from_preset=False,
             )
             for name, tflops in GPU_THROUGHPUT_TFLOPS.items()
         )
@@ -186,9 +190,9 @@ def estimate_lines(estimate: Estimate, config: CampaignConfig) -> list[str]:
         if wall is not None:
             line += f"; {wall:,.1f} h of fits on {estimate.gpus} GPUs"
         lines.append(line)
-    if not any(f.measured for f in estimate.figures):
+    if not any(f.from_preset for f in estimate.figures):
         lines.append(
-            f"(preset {estimate.preset!r} carries no measured seconds per tile: the GPU-hours above are "
-            "estimates from its FLOPs, a range over the assumed throughputs)"
+            f"(preset {estimate.preset!r} carries no seconds per tile: the GPU-hours above are estimates "
+            "from its FLOPs, a range over the assumed throughputs)"
         )
     return lines

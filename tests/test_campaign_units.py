@@ -81,7 +81,7 @@ def test_estimate_scales_a_measured_figure_by_the_tiles_flops(tmp_path: Path) ->
     assert estimate.dates_per_tile == round(183 / 5)
     ours = tile_flops(measured, n_dates=estimate.dates_per_tile, size=(192, 384), bands=("B02", "B03")).total
     (figure,) = estimate.figures
-    assert figure.measured and figure.device == "NVIDIA H100 SXM"
+    assert figure.from_preset and figure.device == "NVIDIA H100 SXM"
     assert figure.seconds_per_tile == pytest.approx(600.0 * ours / tile_flops(measured).total)
     hours = estimate.gpu_hours(figure)
     assert hours == pytest.approx(figure.seconds_per_tile * estimate.tiles / 3600)
@@ -97,11 +97,12 @@ def test_estimate_without_a_measurement_gives_the_flops_range(tmp_path: Path) ->
 
     config = _config(tmp_path)
     estimate = estimate_campaign(config, fit_config=PRESETS["smoke"].replace(seconds_per_tile_reference=None))
-    assert [f.measured for f in estimate.figures] == [False] * len(GPU_THROUGHPUT_TFLOPS)
+    assert [f.from_preset for f in estimate.figures] == [False] * len(GPU_THROUGHPUT_TFLOPS)
     for figure, tflops in zip(estimate.figures, GPU_THROUGHPUT_TFLOPS.values(), strict=True):
         assert figure.seconds_per_tile == pytest.approx(estimate.tflop_per_tile / tflops)
     text = "\n".join(estimate_lines(estimate, config))
     assert "throughput assumed, not measured" in text and "estimates from its FLOPs" in text
+    assert "carries no seconds per tile" in text
 
 
 def test_live_view_prints_one_line_per_event_off_a_terminal() -> None:
