@@ -101,6 +101,16 @@ def nearest_clear(values: np.ndarray, valid: np.ndarray, days: np.ndarray) -> np
     return _finish(values, valid, np.where(reachable, _take(values, pick), np.nan))
 
 
+def observation_gaps(valid: np.ndarray, days: np.ndarray, *, leave_one_out: bool = False) -> np.ndarray:
+    """(time, 2, y, x): days back to the previous and on to the next valid observation (inf: none)."""
+    n = valid.shape[0]
+    prev, nxt = _neighbours(valid, exclude_self=leave_one_out)
+    t = np.asarray(days, dtype=np.float64).reshape(-1, 1, 1)
+    back = np.where(prev >= 0, t - np.take(t.ravel(), np.clip(prev, 0, n - 1)), np.inf)
+    forward = np.where(nxt < n, np.take(t.ravel(), np.clip(nxt, 0, n - 1)) - t, np.inf)
+    return np.stack([back, forward], axis=1)
+
+
 Baseline = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 #: The baselines by the name the evaluation tables use.
 BASELINES: dict[str, Baseline] = {

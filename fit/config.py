@@ -63,6 +63,8 @@ class FitConfig:
     #: Feed the per-pixel temporal linear interpolation of the clear observations as extra input
     #: channels, and predict a correction to it rather than the image itself.
     guide: bool = False
+    #: With the guide: also feed how many days it interpolates across (back, forward), 2 channels.
+    guide_gaps: bool = False
     # -- masks and output --
     masks: MaskRefinement = field(default_factory=MaskRefinement)
     #: Keep the observed values where the (refined) mask is clear; the network fills only the rest.

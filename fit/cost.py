@@ -27,6 +27,8 @@ REFERENCE_BANDS: tuple[str, ...] = (
     "B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12",
 )  # fmt: skip
 S1_CHANNELS = 2
+#: The guide's gap channels (days back and forward) where ``guide_gaps`` is on.
+GAP_CHANNELS = 2
 #: NVIDIA H100 SXM5 dense BF16 tensor-core peak, TFLOP/s (NVIDIA H100 Tensor Core GPU datasheet: 1,979
 #: with sparsity, half that dense). A fit never reaches it: see :data:`GPU_THROUGHPUT_TFLOPS`.
 H100_BF16_DENSE_PEAK_TFLOPS = 989.4
@@ -85,7 +87,8 @@ def step_functions(
     """
     plan = spatial_plan(*size, config.depth)
     depth = plan.depth
-    in_channels = S1_CHANNELS + (len(bands) if config.guide else 0)
+    guide_channels = len(bands) + (GAP_CHANNELS if config.guide_gaps else 0) if config.guide else 0
+    in_channels = S1_CHANNELS + guide_channels
     net = EncoderDecoder3D(
         in_channels,
         len(bands),

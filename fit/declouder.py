@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from fit.baselines import mosaic_mean, temporal_linear
+from fit.baselines import mosaic_mean, observation_gaps, temporal_linear
 from fit.config import FitConfig
 from fit.errors import AllCloudyError, FitConfigError, FitInputError, WarmStartError
 from fit.losses import PerceptualLoss, masked_l2
@@ -33,6 +33,8 @@ from tiler.store import MaskClass
 S1_DB_RANGE: tuple[float, float] = (-25.0, 0.0)
 #: Keeps logit(guide) finite where a guide reflectance is exactly 0 or 1.
 GUIDE_EPS = 1e-3
+#: Scale of the guide-gap channels (days): ~0.4 at Sentinel-2's 5-day revisit, ~0.95 at 30 days.
+GAP_SCALE_DAYS = 10.0
 #: How many progress events a fit sends at most (each one reads the loss back from the device).
 PROGRESS_EVENTS = 200
 #: Points of the loss curve kept in results and store attributes.
@@ -131,6 +133,16 @@ def guide_series(reflectance: np.ndarray, clear: np.ndarray, days: np.ndarray) -
     if not np.isfinite(guide).all():
         guide = np.where(np.isfinite(guide), guide, mosaic_mean(reflectance, clear, days))
     return np.clip(guide, 0.0, 1.0).astype(np.float32)
+
+
+def guide_gaps(clear: np.ndarray, days: np.ndarray) -> np.ndarray:
+    """(time, 2, y, x): how far the guide reaches back and forward, as 1 − exp(−gap / GAP_SCALE_DAYS).
+
+    The guide's error grows with the gap it interpolates across; with the gaps as input, the network can
+    learn to correct a 5-day interpolation less than a 40-day one. Leave-one-out, like the guide.
+    """
+    gaps = observation_gaps(clear, days, leave_one_out=True)
+    return (1.0 - np.exp(-gaps / GAP_SCALE_DAYS)).astype(np.float32)
 
 
 def trusted_clear(
@@ -290,6 +302,8 @@ def decloud(
     # Held-out pixels feed nothing the fit sees: not the loss, not the interpolation guide.
     learn, _ = split_holdout(clear, config.holdout_fraction, seed)
     guide = guide_series(np.nan_to_num(s2), learn, days) if config.guide else None
+    if guide is not None and config.guide_gaps:
+        inputs = np.concatenate([inputs, guide_gaps(learn, days)], axis=1)
     if config.perceptual_weight > 0 and vgg is None:
         vgg = load_vgg16(vgg_weights)
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from fit.arrays import TileArrays
-from fit.baselines import mosaic_mean, nearest_clear, temporal_linear
+from fit.baselines import mosaic_mean, nearest_clear, observation_gaps, temporal_linear
 from fit.config import SMOKE
 from fit.declouder import trusted_clear
 from fit.errors import EvaluationError
@@ -81,6 +81,9 @@ def test_baselines_by_hand() -> None:
     # leave-one-out: each date from the others only
     loo = temporal_linear(values, valid, days, leave_one_out=True).ravel()
     assert loo == pytest.approx([0.3, 0.2, 0.1 + 0.6 * 2 / 8, 0.3 + 0.4 * 2 / 6, 0.3])
+    # the gaps the (leave-one-out) interpolation spans, in days back and forward
+    gaps = observation_gaps(valid, days, leave_one_out=True)[:, :, 0, 0]
+    assert gaps.tolist() == [[math.inf, 2], [1, 1], [2, 6], [2, 4], [6, math.inf]]
     # a pixel never clear gets the median of every clear observation
     never = np.zeros((5, 1, 1), bool)
     both = np.concatenate([valid, never], axis=2)

@@ -83,3 +83,8 @@ def test_series_shorter_than_a_window(real_crop: TileArrays) -> None:
     result, events = run(short, passes=2, iterations_per_window=2)
     assert result.windows == 1 and len(events) == 4
     assert result.prediction.shape == short.reflectance.shape
+
+
+def test_guide_with_gap_channels(real_crop: TileArrays) -> None:
+    result, events = run(real_crop, guide=True, guide_gaps=True, iterations_per_window=2)
+    assert len(events) == 8 and np.isfinite(result.prediction).all()
