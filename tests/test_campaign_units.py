@@ -132,3 +132,27 @@ def test_live_view_prints_one_line_per_event_off_a_terminal() -> None:
     lines = out.getvalue().splitlines()
     assert lines == [lines[0], lines[1]] and "[1/4] fitted a in 3.0 s" in lines[0]
     assert "[1/4] b failed at fit: no clear pixel" in lines[1]
+
+
+def test_live_view_on_a_terminal_draws_counts_eta_and_gpu_hours() -> None:
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=160, color_system=None)
+    event = CampaignProgress(
+        kind="fitted",
+        message="fitted a in 3.0 s",
+        tile_id="a",
+        total=4,
+        states={"planned": 1, "ingested": 1, "fitted": 2, "failed": 0},
+        ingesting=1,
+        fitting=1,
+        mosaicking=0,
+        elapsed_s=125.0,
+        eta_s=250.0,
+        gpu_seconds_held=7200.0,
+        gpu_seconds_fits=3600.0,
+    )
+    with LiveView(console, "belgium") as view:
+        view(event)
+    text = out.getvalue()
+    assert "campaign belgium" in text and "fitted a in 3.0 s" in text
+    assert "ETA 0:04:10" in text and "GPU-h held 2.000" in text and "GPU-h in fits 1.000" in text
