@@ -197,6 +197,7 @@ def section_quality(
         "fast + early stop": PRESETS["fast"].replace(
             name="fast-es", passes=6, holdout_fraction=0.05, stop_patience=0.5
         ),
+        "fast + start at guide": PRESETS["fast"].replace(name="fast-sg", start_at_guide=True),
     }
     print(
         f"\n== painted-region quality (cloudiest paint, S1 input), {side}x{side} centre crop of two real "

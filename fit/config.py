@@ -65,6 +65,9 @@ class FitConfig:
     guide: bool = False
     #: With the guide: also feed how many days it interpolates across (back, forward), 2 channels.
     guide_gaps: bool = False
+    #: With the guide: start the fit exactly at the guide (the output layer's weights and bias at zero), so
+    #: the network moves away from the interpolation only as far as the clear pixels pull it.
+    start_at_guide: bool = False
     # -- masks and output --
     masks: MaskRefinement = field(default_factory=MaskRefinement)
     #: Keep the observed values where the (refined) mask is clear; the network fills only the rest.
@@ -110,6 +113,8 @@ class FitConfig:
             f"input in {INPUT_KINDS}": self.input in INPUT_KINDS,
             "noise_scale > 0": self.noise_scale > 0,
             "input_jitter >= 0": self.input_jitter >= 0,
+            "guide_gaps and start_at_guide only with guide": self.guide
+            or not (self.guide_gaps or self.start_at_guide),
             "0 <= holdout_fraction < 0.5": 0 <= self.holdout_fraction < 0.5,
             "stop_patience > 0": self.stop_patience > 0,
             "stop_min_delta >= 0": self.stop_min_delta >= 0,

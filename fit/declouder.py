@@ -88,6 +88,9 @@ class DecloudResult:
     #: Started from a neighbour's weights; the final weights (CPU tensors), for the next neighbour.
     warm_started: bool = False
     weights: Mapping[str, torch.Tensor] | None = None
+    #: (y, x): the pixel has S2 data on at least one date. Elsewhere (outside the imagery's footprint)
+    #: ``prediction`` is the network's extrapolation of nothing observed, and a stored result says no data.
+    observed: np.ndarray | None = None
 
     @property
     def final_loss(self) -> float:
@@ -291,7 +294,8 @@ def decloud(
     n_dates, n_bands, height, width = _check_shapes(s2, mask, s1, bands, name)
     days = np.arange(n_dates, dtype=np.float64) if days is None else np.asarray(days, dtype=np.float64)
     torch_device = resolve_device(device)
-    _, clear = trusted_clear(s2, mask, bands, config)
+    refined, clear = trusted_clear(s2, mask, bands, config)
+    observed = (refined != MaskClass.NODATA).any(axis=0)
     if not clear.any():
         raise AllCloudyError(
             f"tile {name!r}: no clear pixel in any of its {n_dates} dates after mask refinement: there is "
@@ -321,6 +325,8 @@ def decloud(
             config.channels_up[:depth],
             config.skip_channels[:depth],
         )
+        if guide is not None and config.start_at_guide:
+            net.zero_head()
         if init_weights is not None:
             _load_init_weights(net, init_weights, name)
         net = net.to(torch_device, memory_format=path.torch_memory_format)
@@ -365,6 +371,7 @@ def decloud(
         compile=path.compile,
         warm_started=init_weights is not None,
         weights=weights,
+        observed=observed,
     )
 
 

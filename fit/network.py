@@ -144,6 +144,13 @@ class EncoderDecoder3D(nn.Module):
         self.body = deeper
         self.head = nn.Conv3d(channels_up[0], out_channels, KERNEL_SKIP)
 
+    def zero_head(self) -> None:
+        """Zero the output layer: the first output is ``sigmoid(offset)`` exactly (with a guide as the
+        offset, the guide itself), and training grows the correction from nothing."""
+        nn.init.zeros_(self.head.weight)
+        if self.head.bias is not None:
+            nn.init.zeros_(self.head.bias)
+
     def forward(self, x: torch.Tensor, offset: torch.Tensor | None = None) -> torch.Tensor:
         """``offset`` (logits, broadcast to the output) shifts the output before the sigmoid: with
         ``logit(guide)`` the network learns a correction to a guide image instead of the image itself."""

@@ -37,7 +37,8 @@ from tiler.store import (
     write_tile,
 )
 
-#: Smallest value written to ``s2_declouded``: 0 means "no data" in the schema and every pixel has data.
+#: Smallest value written to ``s2_declouded`` where the pixel was ever observed: 0 means "no data" in the
+#: schema, and only pixels with no S2 data on any date (outside the imagery's footprint) get it.
 DECLOUDED_MIN = S2_NODATA + 1
 #: Suffix of the file beside a fitted store that holds the fit's final network weights (warm starts).
 WEIGHTS_SUFFIX = ".weights.pt"
@@ -199,9 +200,13 @@ def fit_tile(
 
 def _output_dataset(ds: xr.Dataset, result: DecloudResult, config: FitConfig, seed: int) -> xr.Dataset:
     out = ds[[v for v in INPUT_VARIABLES if v in ds]].copy()
-    out[DECLOUDED] = (ds[S2].dims, to_stored(result.prediction))
+    stored = to_stored(result.prediction)
+    if result.observed is not None:
+        # Never observed on any date: nothing to decloud, and nothing to invent (the mosaic then takes
+        # the pixel from a neighbouring tile that saw it, or leaves it no data).
+        stored[:, :, ~result.observed] = S2_NODATA
+    out[DECLOUDED] = (ds[S2].dims, stored)
     out[DECLOUDED].attrs.update(ds[S2].attrs)
-    out[DECLOUDED].attrs.pop("nodata", None)
     out[DECLOUDED].attrs["description"] = "cloud-free S2 predicted by the per-tile fit (docs/fit.md)"
     # Attributes must be JSON scalars or strings in Zarr: nested values are stored as JSON text.
     out.attrs.update(

@@ -88,3 +88,25 @@ def test_series_shorter_than_a_window(real_crop: TileArrays) -> None:
 def test_guide_with_gap_channels(real_crop: TileArrays) -> None:
     result, events = run(real_crop, guide=True, guide_gaps=True, iterations_per_window=2)
     assert len(events) == 8 and np.isfinite(result.prediction).all()
+
+
+def test_start_at_guide_begins_exactly_at_the_interpolation(real_crop: TileArrays) -> None:
+    """With the output layer zeroed, an (almost) untrained fit returns the guide itself; without it, not."""
+    from fit.declouder import GUIDE_EPS, guide_series, trusted_clear
+
+    settings = dict(guide=True, keep_clear=False, lr=1e-12, passes=1, iterations_per_window=1)
+    started, _ = run(real_crop, start_at_guide=True, **settings)
+    plain, _ = run(real_crop, **settings)
+    config = SMOKE.replace(guide=True)
+    _, clear = trusted_clear(real_crop.reflectance, real_crop.mask, real_crop.bands, config)
+    guide = guide_series(np.nan_to_num(real_crop.reflectance), clear, real_crop.days)
+    expected = np.clip(guide, GUIDE_EPS, 1 - GUIDE_EPS)
+    np.testing.assert_allclose(started.prediction, expected, atol=1e-5)
+    assert np.abs(plain.prediction - expected).max() > 0.01
+
+
+def test_start_at_guide_needs_the_guide() -> None:
+    from fit.errors import FitConfigError
+
+    with pytest.raises(FitConfigError, match="start_at_guide only with guide"):
+        SMOKE.replace(guide=False, start_at_guide=True)

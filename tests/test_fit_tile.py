@@ -110,15 +110,21 @@ def test_no_radar_needs_noise_input(worldcereal_tile: Path, tmp_path: Path) -> N
 
 
 def test_s2_nodata_is_not_learned_and_gets_filled(worldcereal_tile: Path, tmp_path: Path) -> None:
+    """No data on some dates is filled; a strip with no data on any date stays no data (nothing invented)."""
     ds = open_tile(str(worldcereal_tile)).isel(CROP).load()
     s2 = ds["s2"].copy()
-    s2[:, :, 10:14, :] = 0  # a strip without data on every date (a swath edge)
+    s2[:, :, 10:14, :] = 0  # a strip without data on every date (outside the imagery's footprint)
+    s2[::2, :, 16:20, :] = 0  # a strip without data on every other date (a swath edge)
     tile = crop_store(worldcereal_tile, tmp_path / "nodata.zarr", s2=s2)
     out = str(tmp_path / "out.zarr")
     result = fit_tile(tile, out, preset=TINY, device="cpu")
-    strip = open_tile(out)[DECLOUDED][:, :, 10:14, :].values
-    assert (strip > 0).all()
-    assert result.clear_fraction < 1 - 4 / 24  # the strip is never trusted
+    declouded = open_tile(out)[DECLOUDED].values
+    assert (declouded[:, :, 10:14, :] == 0).all()  # the schema's no data
+    assert (declouded[:, :, 16:20, :] > 0).all()  # seen on some dates: declouded on all
+    outside = np.ones(declouded.shape[2], dtype=bool)
+    outside[10:14] = False
+    assert (declouded[:, :, outside, :] > 0).all()
+    assert result.clear_fraction < 1 - 4 / 24  # neither strip is trusted where it has no data
 
 
 def test_fewer_than_five_dates(worldcereal_tile: Path, tmp_path: Path) -> None:
