@@ -168,10 +168,15 @@ def test_bf16_autocast_runs_on_cpu_and_stays_close(tile: TileArrays) -> None:
 
 @pytest.mark.slow
 def test_compiled_step_matches_eager(tile: TileArrays) -> None:
+    """The compiled step computes what the eager one does: the first step's loss (same initial weights)
+    agrees to rounding. Whole fits are compared loosely, like bf16's: Adam's first updates are ±lr whatever
+    a gradient's size, so rounding-level differences in near-zero gradients flip whole updates."""
     plain = run(tile, TINY)
     compiled = run(tile, TINY.replace(compile="default"))
     assert compiled.compile == "default"
-    np.testing.assert_allclose(compiled.prediction, plain.prediction, atol=1e-3)
+    assert compiled.loss_curve[0, 1] == pytest.approx(plain.loss_curve[0, 1], rel=1e-4)
+    assert np.isfinite(compiled.prediction).all()
+    assert np.abs(compiled.prediction - plain.prediction).mean() < 0.05
 
 
 def _store(worldcereal_tile: Path, where: Path, crop: dict[str, slice]) -> str:
