@@ -32,7 +32,7 @@ import tomllib
 from collections.abc import Mapping
 from datetime import date
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -218,9 +218,11 @@ def _describe(error: Mapping[str, Any], model: type[BaseModel]) -> str:
     if kind == "extra_forbidden":
         parent: Any = model
         for part in error["loc"][:-1]:
-            field = parent.model_fields.get(str(part)) if isinstance(parent, type) else None
+            # cast for mypy only: a class on an extra_forbidden error's path is a pydantic model
+            fields = cast("type[BaseModel]", parent).model_fields if isinstance(parent, type) else None
+            field = fields.get(str(part)) if fields is not None else None
             parent = field.annotation if field is not None else None
-        known = sorted(parent.model_fields) if isinstance(parent, type) else []
+        known = sorted(cast("type[BaseModel]", parent).model_fields) if isinstance(parent, type) else []
         close = difflib.get_close_matches(str(error["loc"][-1]), known, n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
         return f"{loc}: unknown key; {hint}known keys here: {', '.join(known)}"

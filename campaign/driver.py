@@ -655,11 +655,11 @@ class CampaignDriver:
             self._mosaic_failed(work, f"worker died: {reason}", permanent=False)
             return
         assert work.tile_id is not None
-        slot = self._slots[work.slot] if work.slot is not None else None
-        worker = slot.info if slot is not None else None
-        if slot is not None:
+        owner = self._slots[work.slot] if work.slot is not None else None
+        worker = owner.info if owner is not None else None
+        if owner is not None:
             # Wait for Ray to restart the actor (or learn it is gone) before giving it another tile.
-            slot.state, slot.tile_id, slot.ping_at = "starting", None, time.time()
+            owner.state, owner.tile_id, owner.ping_at = "starting", None, time.time()
         stage = Stage.FIT if work.kind == "fit" else Stage.INGEST
         cancelled = isinstance(err, ray.exceptions.TaskCancelledError)
         outcome: Outcome = "interrupted" if cancelled else "worker_died"
@@ -692,8 +692,10 @@ class CampaignDriver:
         record = self._record(tile_id)
         attempt = self._attempt(outcome.stage, record, outcome.started, outcome.ended, outcome.worker, "ok")
         attempt = attempt.model_copy(update={"device": outcome.device})
-        summary_key = "fit" if outcome.stage == Stage.FIT else "ingest"
-        self._put(record.record(attempt, **{summary_key: dict(outcome.summary)}))
+        if outcome.stage == Stage.FIT:
+            self._put(record.record(attempt, fit=dict(outcome.summary)))
+        else:
+            self._put(record.record(attempt, ingest=dict(outcome.summary)))
         if outcome.stage == Stage.INGEST:
             self._queue_fit.append(tile_id)
             self._emit("ingested", f"ingested {tile_id} in {attempt.seconds:.1f} s", tile_id, outcome.worker)

@@ -123,7 +123,8 @@ def estimate_campaign(
     preset = fit_config if fit_config is not None else PRESETS[config.fit.preset]
     dates = dates_per_tile or expected_dates(config)
     bands = tuple(ingest_config(config).bands)
-    size = tuple(config.grid.size)
+    height, width = config.grid.size
+    size = (height, width)
     campaign_tflop = tile_flops(preset, n_dates=dates, size=size, bands=bands).total / 1e12
     figures: list[CostFigure] = []
     if preset.seconds_per_tile_reference is not None:

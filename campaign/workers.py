@@ -10,6 +10,7 @@ dies (OOM kill, preemption, node loss) comes back as a Ray error the driver sees
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import socket
 import time
@@ -237,18 +238,21 @@ def mosaic_init(
     from tiler.mosaic import init_mosaic
 
     def work() -> dict[str, Any]:
-        options = {
-            "keys": keys,
-            "size": grid.size,
-            "overlap": grid.overlap,
-            "resolution": grid.resolution,
-            "storage_options": storage_options,
-        }
+        init = functools.partial(
+            init_mosaic,
+            mosaic_url,
+            fitted,
+            keys=keys,
+            size=grid.size,
+            overlap=grid.overlap,
+            resolution=grid.resolution,
+            storage_options=storage_options,
+        )
         try:
-            init_mosaic(mosaic_url, fitted, resume=True, **options)
+            init(resume=True)
             return {"fresh": False}
         except OutputExistsError:
-            init_mosaic(mosaic_url, fitted, overwrite=True, **options)
+            init(overwrite=True)
             return {"fresh": True}
 
     return run_stage(zone, Stage.MOSAIC, current_worker(f"mosaic-{os.getpid()}"), work)
@@ -306,17 +310,35 @@ def mosaic_outputs(
 
     def work() -> dict[str, str]:
         written: dict[str, str] = {}
-        opts = {"storage_options": storage_options, "out_storage_options": storage_options, "overwrite": True}
-        cogs = quicklooks = None
+        cogs: dict[str, str] | None = None
+        quicklooks: dict[str, str] | None = None
         if "cogs" in kinds:
-            cogs = outputs.write_cogs(mosaic_url, f"{out_dir}/cogs", **opts)
+            cogs = outputs.write_cogs(
+                mosaic_url,
+                f"{out_dir}/cogs",
+                storage_options=storage_options,
+                out_storage_options=storage_options,
+                overwrite=True,
+            )
             written["cogs"] = f"{out_dir}/cogs"
         if "quicklooks" in kinds:
-            quicklooks = outputs.write_quicklooks(mosaic_url, f"{out_dir}/quicklooks", **opts)
+            quicklooks = outputs.write_quicklooks(
+                mosaic_url,
+                f"{out_dir}/quicklooks",
+                storage_options=storage_options,
+                out_storage_options=storage_options,
+                overwrite=True,
+            )
             written["quicklooks"] = f"{out_dir}/quicklooks"
         if "stac" in kinds:
             written["stac"] = outputs.write_stac(
-                mosaic_url, f"{out_dir}/stac", cogs=cogs, quicklooks=quicklooks, **opts
+                mosaic_url,
+                f"{out_dir}/stac",
+                cogs=cogs,
+                quicklooks=quicklooks,
+                storage_options=storage_options,
+                out_storage_options=storage_options,
+                overwrite=True,
             )
         return written
 

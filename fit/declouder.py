@@ -15,6 +15,7 @@ import resource
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import cast, overload
 
 import numpy as np
 import torch
@@ -329,8 +330,12 @@ def decloud(
             net.zero_head()
         if init_weights is not None:
             _load_init_weights(net, init_weights, name)
-        net = net.to(torch_device, memory_format=path.torch_memory_format)
-        perceptual = PerceptualLoss(vgg, bands).to(torch_device) if config.perceptual_weight > 0 else None
+        # Module.to(memory_format=...) is valid at run time; torch's stubs omit the keyword.
+        net = net.to(torch_device, memory_format=path.torch_memory_format)  # type: ignore[call-overload]
+        # With a perceptual weight, vgg was loaded above when not given.
+        perceptual = (
+            PerceptualLoss(cast(VGG16, vgg), bands).to(torch_device) if config.perceptual_weight > 0 else None
+        )
         fitted = _fit(
             net,
             perceptual,
@@ -502,6 +507,12 @@ def _fit(
     stopped_early = False
     net.train()
 
+    @overload
+    def batch(t: torch.Tensor, group: Sequence[int]) -> torch.Tensor: ...
+
+    @overload
+    def batch(t: torch.Tensor | None, group: Sequence[int]) -> torch.Tensor | None: ...
+
     def batch(t: torch.Tensor | None, group: Sequence[int]) -> torch.Tensor | None:
         # Windows of one group side by side in the batch dimension (all windows have the same length).
         if t is None:
@@ -527,6 +538,7 @@ def _fit(
                     terms = [perceptual(out[i : i + 1], y[i : i + 1], w[i : i + 1]) for i in range(len(x))]
                 loss = loss + config.perceptual_weight * torch.stack(terms).mean()
             if stopper is not None and inner == config.iterations_per_window - 1:
+                assert held_weight is not None  # stopper exists only with held-out pixels
                 h = batch(held_weight, group)
                 held_error = float((((out.detach() - y) * h).square().sum() / h.sum().clamp_min(1)).item())
                 stopped_early = stopper.update(held_error)

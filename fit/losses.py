@@ -30,6 +30,11 @@ class PerceptualLoss(nn.Module):
     one 3-channel image, ImageNet-normalised (inputs are reflectance in [0, 1]).
     """
 
+    # Buffers registered in __init__ (declared here for the type checker).
+    triplets: torch.Tensor
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, vgg: VGG16, bands: Sequence[str]) -> None:
         super().__init__()
         last = max(PERCEPTUAL_LAYERS)

@@ -42,12 +42,16 @@ class PaddedConv3d(nn.Module):
     """A Conv3d that pads time by replication and space by reflection (Zhang's ``pad='reflection'``)."""
 
     def __init__(
-        self, in_channels: int, out_channels: int, kernel: Sequence[int], stride: Sequence[int] = (1, 1, 1)
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel: tuple[int, int, int],
+        stride: tuple[int, int, int] = (1, 1, 1),
     ) -> None:
         super().__init__()
         kt, ky, kx = kernel
         self.pad_t, self.pad_y, self.pad_x = (kt - 1) // 2, (ky - 1) // 2, (kx - 1) // 2
-        self.conv = nn.Conv3d(in_channels, out_channels, tuple(kernel), stride=tuple(stride))
+        self.conv = nn.Conv3d(in_channels, out_channels, kernel, stride=stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.pad_t:
@@ -58,7 +62,10 @@ class PaddedConv3d(nn.Module):
 
 
 def _conv_bn_act(
-    in_channels: int, out_channels: int, kernel: Sequence[int], stride: Sequence[int] = (1, 1, 1)
+    in_channels: int,
+    out_channels: int,
+    kernel: tuple[int, int, int],
+    stride: tuple[int, int, int] = (1, 1, 1),
 ) -> list[nn.Module]:
     return [
         PaddedConv3d(in_channels, out_channels, kernel, stride),
@@ -141,7 +148,8 @@ class EncoderDecoder3D(nn.Module):
                 deeper_out_here,
             )
             deeper_out = channels_up[level]
-        self.body = deeper
+        assert deeper is not None  # depth >= 1 (checked above), so the loop built at least one level
+        self.body: nn.Module = deeper
         self.head = nn.Conv3d(channels_up[0], out_channels, KERNEL_SKIP)
 
     def zero_head(self) -> None:

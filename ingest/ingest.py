@@ -13,7 +13,7 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pystac
@@ -375,7 +375,7 @@ def _day_time(day: Sequence[pystac.Item]) -> np.datetime64:
 
 
 def _masks(s2: np.ndarray, scl: Sequence[np.ndarray | None], config: IngestConfig) -> np.ndarray:
-    valid = (s2 > 0).all(axis=1)
+    valid = cast(np.ndarray, (s2 > 0).all(axis=1))  # an array: ``all`` over an axis of a 4-D array
     snow = None
     if config.cloud_mask == "scl":
         scl_stack = np.stack([np.asarray(s) for s in scl])

@@ -18,7 +18,7 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pystac
@@ -99,7 +99,7 @@ def read(
     grid: Grid,
     *,
     dtype: np.dtype,
-    fill_value: float | int,
+    fill_value: float | int | np.floating[Any],
     resampling: str,
     retry: Retry,
 ) -> np.ndarray:
@@ -237,7 +237,8 @@ def load_s2_days(
             n = len(days[k])
             offsets = [profile.boa_offset(item)[0] for item in days[k]]
             refl = np.stack([remove_boa_offset(data[first + i], offsets[i]) for i in range(n)])
-            valid = (refl > 0).all(axis=1)
+            # ``all`` over an array axis is an array; numpy's stubs also allow a bare bool.
+            valid = cast(np.ndarray, (refl > 0).all(axis=1))
             scl = None
             if scl_data is not None:
                 scl = first_valid(scl_data[first : first + n], valid)[0].astype(np.uint8)

@@ -147,7 +147,7 @@ def fallback_mask(s2: np.ndarray, bands: Sequence[str]) -> np.ndarray:
     index = {b: i for i, b in enumerate(bands)}
     mask = np.full((s2.shape[0], *s2.shape[2:]), MaskClass.CLEAR, dtype=np.uint8)
     for t in range(s2.shape[0]):
-        refl = {
+        refl: dict[str, np.ndarray] = {
             b: s2[t, index[b]].astype(np.float32) / S2_SCALE
             for b in ("B01", "B02", "B03", "B04", "B08", "B11")
             if b in index

@@ -61,7 +61,7 @@ def solar_day(when: dt.datetime, longitude: float) -> dt.date:
 
 def group_acquisitions(items: Iterable[pystac.Item], *, longitude: float = 0.0) -> list[S1Acquisition]:
     """Group S1 items into passes (same solar day, orbit direction and track), sorted by time."""
-    groups: dict[tuple[object, ...], list[pystac.Item]] = {}
+    groups: dict[tuple[dt.date, str | None, int | None], list[pystac.Item]] = {}
     for item in items:
         when = item_time(item)
         key = (

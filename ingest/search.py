@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 import pystac
 from shapely.geometry import box, shape
@@ -138,7 +138,7 @@ class ItemCollectionSource:
         for item in self._items:
             if item.collection_id != collection:
                 continue
-            footprint = shape(item.geometry) if item.geometry else box(*item.bbox)
+            footprint = shape(item.geometry) if item.geometry else box(*cast(list[float], item.bbox))
             if footprint.intersects(area) and first <= item_time(item) < last:
                 found.append(item)
         return found

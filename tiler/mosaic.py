@@ -41,7 +41,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import dask.array as da
 import fsspec
@@ -69,8 +69,12 @@ from tiler.store import (
     georeference,
     open_tile,
     tile_status,
+    zarr_array,
     zarr_store,
 )
+
+if TYPE_CHECKING:
+    from zarr.core.indexing import OrthogonalSelection
 
 #: The quality layer: days to the nearest clear observation (module docstring).
 QUALITY = "clear_distance_days"
@@ -572,7 +576,7 @@ def mosaic_info(mosaic_url: str, *, storage_options: StorageOptions = None) -> M
         ),
         bands=tuple(json.loads(str(attrs[BANDS_ATTR]))),
         status=str(attrs.get(STATUS_ATTR)),
-        n_regions=int(np.asarray(group[REGION_EXPECTED][...]).sum()),
+        n_regions=int(np.asarray(zarr_array(group, REGION_EXPECTED)[...]).sum()),
     )
 
 
@@ -600,7 +604,7 @@ def write_mosaic_region(
     cell = _key_tile(key_id, grid)
     group = zarr.open_group(zarr_store(mosaic_url, storage_options), mode="r+")
     i, j = grid.cell_index(cell)
-    written = bool(group[REGION_WRITTEN][i, j])
+    written = bool(zarr_array(group, REGION_WRITTEN)[i, j])
     if info.status == STATUS_COMPLETE or written:
         if resume and not overwrite:
             return RegionSummary(key_id, (), 0, 0, time.perf_counter() - started, skipped=True)
@@ -632,7 +636,7 @@ def write_mosaic_region(
     covered = np.zeros_like(clear)
     for item in contributors:
         item.add_clear(clear, day_index)
-    imagery = group[DECLOUDED]
+    imagery = zarr_array(group, DECLOUDED)
     dates_written = 0
     for t0 in range(0, len(mosaic_days), DATES_PER_BATCH):
         batch = [int(d) for d in mosaic_days[t0 : t0 + DATES_PER_BATCH]]
@@ -652,8 +656,8 @@ def write_mosaic_region(
             progress(t0 + len(batch), len(mosaic_days), f"region {key_id}")
 
     quality = clear_distance_days(clear & covered, mosaic_days, covered=covered)
-    group[QUALITY][:, y_cell, x_cell] = quality
-    group[REGION_WRITTEN][i, j] = 1
+    zarr_array(group, QUALITY)[:, y_cell, x_cell] = quality
+    zarr_array(group, REGION_WRITTEN)[i, j] = 1
     return RegionSummary(
         key=key_id,
         tiles=tuple(item.tile.tile.tile_id for item in contributors),
@@ -703,9 +707,9 @@ class _Contributor:
             return
         indices = [self.date_index[days[k]] for k in positions]
         # One orthogonal selection: zarr fetches and decodes the dates' chunks concurrently.
-        values = self.group[DECLOUDED].get_orthogonal_selection(
-            (indices, slice(None), self.src_rows, self.src_cols)
-        )
+        # zarr accepts a list of ints per dimension; its OrthogonalSelection type names only arrays.
+        selection = cast("OrthogonalSelection", (indices, slice(None), self.src_rows, self.src_cols))
+        values = cast(np.ndarray, zarr_array(self.group, DECLOUDED).get_orthogonal_selection(selection))
         for k, plane in zip(positions, values, strict=True):
             valid = plane != S2_NODATA
             # Most planes have no nodata at all: then the weights broadcast over the bands as they are.
@@ -715,8 +719,11 @@ class _Contributor:
 
     def add_clear(self, clear: np.ndarray, day_index: Mapping[int, int]) -> None:
         """Mark, on the mosaic's dates, the pixels this tile saw clear."""
-        masks = self.group[self.tile.mask_variable].get_orthogonal_selection(
-            (slice(None), self.src_rows, self.src_cols)
+        masks = cast(
+            np.ndarray,
+            zarr_array(self.group, self.tile.mask_variable).get_orthogonal_selection(
+                (slice(None), self.src_rows, self.src_cols)
+            ),
         )
         for day, mask in zip(self.tile.days, masks, strict=True):
             clear[day_index[day], self.cell_rows, self.cell_cols] |= mask == MaskClass.CLEAR
@@ -793,8 +800,8 @@ def finalize_mosaic(mosaic_url: str, *, storage_options: StorageOptions = None) 
     """
     info = mosaic_info(mosaic_url, storage_options=storage_options)
     group = zarr.open_group(zarr_store(mosaic_url, storage_options), mode="r")
-    expected = group[REGION_EXPECTED][...].astype(bool)
-    written = group[REGION_WRITTEN][...].astype(bool)
+    expected = cast(np.ndarray, zarr_array(group, REGION_EXPECTED)[...]).astype(bool)
+    written = cast(np.ndarray, zarr_array(group, REGION_WRITTEN)[...]).astype(bool)
     missing = np.argwhere(expected & ~written)
     if missing.size:
         grid = info.grid
@@ -911,8 +918,8 @@ def region_keys(
     """The region keys a mosaic expects (tile ids), or only those not yet written (``pending``)."""
     info = mosaic_info(mosaic_url, storage_options=storage_options)
     group = zarr.open_group(zarr_store(mosaic_url, storage_options), mode="r")
-    todo = group[REGION_EXPECTED][...].astype(bool)
+    todo = cast(np.ndarray, zarr_array(group, REGION_EXPECTED)[...]).astype(bool)
     if pending:
-        todo &= ~group[REGION_WRITTEN][...].astype(bool)
+        todo &= ~cast(np.ndarray, zarr_array(group, REGION_WRITTEN)[...]).astype(bool)
     grid = info.grid
     return [grid.cell_tile(int(i), int(j)).tile_id for i, j in np.argwhere(todo)]

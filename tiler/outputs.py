@@ -22,7 +22,7 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import fsspec
 import numpy as np
@@ -45,7 +45,7 @@ from tiler.mosaic import (
     mosaic_info,
     open_mosaic,
 )
-from tiler.store import S2_NODATA, zarr_store
+from tiler.store import S2_NODATA, zarr_array, zarr_store
 
 StorageOptions = Mapping[str, Any] | None
 Progress = Callable[[int, int, str], None]
@@ -73,7 +73,7 @@ STAC_LICENSE = "other"
 
 
 def _day(value: np.datetime64) -> str:
-    return str(np.datetime64(value, "D"))
+    return str(np.datetime64(value, "D"))  # type: ignore[call-overload]  # numpy stubs lack (datetime64, unit)
 
 
 def _select_dates(ds: xr.Dataset, dates: Sequence[str] | None) -> list[int]:
@@ -268,7 +268,8 @@ class FsspecStacIO(DefaultStacIO):
 def mosaic_footprint(mosaic_url: str, *, storage_options: StorageOptions = None) -> shapely.Geometry:
     """The lon/lat footprint of a mosaic's cells (the campaign's tiles' cells, merged)."""
     info = mosaic_info(mosaic_url, storage_options=storage_options)
-    expected = zarr.open_group(zarr_store(mosaic_url, storage_options), mode="r")[REGION_EXPECTED][...]
+    group = zarr.open_group(zarr_store(mosaic_url, storage_options), mode="r")
+    expected = cast(np.ndarray, zarr_array(group, REGION_EXPECTED)[...])
     grid = info.grid
     cells = [grid.cell_tile(int(i), int(j)).cell_bounds for i, j in np.argwhere(expected)]
     merged = shapely.union_all(shapely.box(*np.array(cells).T)) if cells else shapely.box(*grid.bounds)

@@ -18,15 +18,19 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import fsspec
 import numpy as np
 import rioxarray  # noqa: F401  (registers the .rio accessor)
 import xarray as xr
 import zarr
+import zarr.codecs  # already loaded by `import zarr`; named so type checkers see the submodule
 
 from tiler.errors import OutputExistsError, TileIncompleteError, TileSchemaError, TileStoreError
+
+if TYPE_CHECKING:
+    from zarr.abc.store import Store
 
 #: Version of the tile schema written into every store; bump on incompatible changes.
 SCHEMA_VERSION = "1"
@@ -333,7 +337,14 @@ def _set_status(url: str, status: str, storage_options: Mapping[str, Any] | None
         zarr.consolidate_metadata(store)
 
 
-def zarr_store(url: str, storage_options: Mapping[str, Any] | None = None) -> zarr.abc.store.Store:
+def zarr_array(group: zarr.Group, name: str) -> zarr.Array:
+    """The array ``name`` of ``group`` (typed: ``group[name]`` may be an array or a subgroup)."""
+    array = group[name]
+    assert isinstance(array, zarr.Array), f"{name!r} is not a zarr array"
+    return array
+
+
+def zarr_store(url: str, storage_options: Mapping[str, Any] | None = None) -> Store:
     """A Zarr store for a local path or any fsspec URL (s3://, gs://, az://, memory://)."""
     if "://" not in url or url.startswith("file://"):
         return zarr.storage.LocalStore(url.removeprefix("file://"))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
+from typing import cast
 
 import typer
 
@@ -12,6 +14,7 @@ from ingest.config import (
     DEFAULT_RETRIES,
     DEFAULT_S1_WINDOW_DAYS,
     IngestConfig,
+    S1Orbit,
     TileBox,
 )
 from ingest.errors import IngestConfigError
@@ -89,15 +92,16 @@ def ingest(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing store."),
 ) -> None:
     """Search a STAC catalogue, pair S1 with S2 and write one tile store (see docs/ingest.md)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
     from campaign.cli import console
     from ingest import ProgressEvent, ingest_tile
 
     target = _target(tile, bounds, epsg, tile_size, overlap, resolution)
     config = IngestConfig(
-        start=start,
-        end=end,
+        # IngestConfig parses ISO date strings and checks the orbit itself (__post_init__).
+        start=cast(dt.date, start),
+        end=cast(dt.date, end),
         catalog=catalog,
         s1_catalog=s1_catalog,
         profile=profile,  # type: ignore[arg-type]
@@ -106,7 +110,7 @@ def ingest(
         bands=tuple(b.strip() for b in bands.split(",") if b.strip()),
         max_cloud=max_cloud,
         s1_window_days=s1_window,
-        s1_orbit=s1_orbit,
+        s1_orbit=cast(S1Orbit, s1_orbit),
         cloud_mask=cloud_mask,  # type: ignore[arg-type]
         mask_dilation_px=dilation,
         refine_bright=refine_bright,
@@ -123,7 +127,7 @@ def ingest(
         console=console,
         transient=True,
     ) as bars:
-        tasks: dict[str, int] = {}
+        tasks: dict[str, TaskID] = {}
 
         def progress(event: ProgressEvent) -> None:
             if event.step not in tasks:
