@@ -17,7 +17,7 @@ import time
 import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 from pydantic_core import to_jsonable_python
 
@@ -295,6 +295,14 @@ def mosaic_finalize(mosaic_url: str, zone: str, storage_options: Mapping[str, An
     )
 
 
+class _OutputOptions(TypedDict):
+    """Where the outputs read and write, the same for every kind (keyword arguments of tiler.outputs)."""
+
+    storage_options: Mapping[str, Any] | None
+    out_storage_options: Mapping[str, Any] | None
+    overwrite: bool
+
+
 def mosaic_outputs(
     mosaic_url: str,
     zone: str,
@@ -312,33 +320,20 @@ def mosaic_outputs(
         written: dict[str, str] = {}
         cogs: dict[str, str] | None = None
         quicklooks: dict[str, str] | None = None
+        options: _OutputOptions = {
+            "storage_options": storage_options,
+            "out_storage_options": storage_options,
+            "overwrite": True,
+        }
         if "cogs" in kinds:
-            cogs = outputs.write_cogs(
-                mosaic_url,
-                f"{out_dir}/cogs",
-                storage_options=storage_options,
-                out_storage_options=storage_options,
-                overwrite=True,
-            )
+            cogs = outputs.write_cogs(mosaic_url, f"{out_dir}/cogs", **options)
             written["cogs"] = f"{out_dir}/cogs"
         if "quicklooks" in kinds:
-            quicklooks = outputs.write_quicklooks(
-                mosaic_url,
-                f"{out_dir}/quicklooks",
-                storage_options=storage_options,
-                out_storage_options=storage_options,
-                overwrite=True,
-            )
+            quicklooks = outputs.write_quicklooks(mosaic_url, f"{out_dir}/quicklooks", **options)
             written["quicklooks"] = f"{out_dir}/quicklooks"
         if "stac" in kinds:
             written["stac"] = outputs.write_stac(
-                mosaic_url,
-                f"{out_dir}/stac",
-                cogs=cogs,
-                quicklooks=quicklooks,
-                storage_options=storage_options,
-                out_storage_options=storage_options,
-                overwrite=True,
+                mosaic_url, f"{out_dir}/stac", cogs=cogs, quicklooks=quicklooks, **options
             )
         return written
 

@@ -15,7 +15,7 @@ import resource
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import cast, overload
+from typing import cast
 
 import numpy as np
 import torch
@@ -507,23 +507,15 @@ def _fit(
     stopped_early = False
     net.train()
 
-    @overload
-    def batch(t: torch.Tensor, group: Sequence[int]) -> torch.Tensor: ...
-
-    @overload
-    def batch(t: torch.Tensor | None, group: Sequence[int]) -> torch.Tensor | None: ...
-
-    def batch(t: torch.Tensor | None, group: Sequence[int]) -> torch.Tensor | None:
+    def batch(t: torch.Tensor, group: Sequence[int]) -> torch.Tensor:
         # Windows of one group side by side in the batch dimension (all windows have the same length).
-        if t is None:
-            return None
         parts = [t[:, :, spans[w][0] : spans[w][1]] for w in group]
         out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
         return out.contiguous(memory_format=path.torch_memory_format)
 
     for pass_index, group in visit_groups(len(spans), passes, config.windows_per_step, rng):
         x, y, w = batch(x_all, group), batch(target, group), batch(weight, group)
-        off = batch(offset, group)
+        off = None if offset is None else batch(offset, group)
         for inner in range(config.iterations_per_window):
             x_in = x
             if jitter is not None:
@@ -570,7 +562,7 @@ def _fit(
             if not dates.size:
                 continue
             with _autocast(device, path):
-                out = forward(batch(x_all, [window]), batch(offset, [window]))
+                out = forward(batch(x_all, [window]), None if offset is None else batch(offset, [window]))
             prediction[:, :, dates] = out.float()[:, :, dates - start]
     result = crop_spatial(prediction, plan)[0].permute(1, 0, 2, 3).cpu().numpy()
     return _Fitted(
