@@ -5,6 +5,8 @@
     python bench/fit.py --sections tile      # seconds per iteration at the full 5 x 384x768 window
     python bench/fit.py --sections flops,speed,psnr --threads 2
     python bench/fit.py --device cuda --sections cost   # the cost table on a GPU (bench/fit_cost.py)
+    python bench/fit.py --sections compare    # paper vs fast and the levers: FLOPs, quality, seconds
+                                              # (the full paper schedule on a crop: ~1.5 h per window here)
 
 Every figure is printed next to a baseline measured in the same process: the ``paper`` preset for cost,
 the best baseline of the same evaluation for quality. FLOPs are counted with torch.utils.flop_counter on
@@ -170,7 +172,7 @@ def main() -> None:
     parser.add_argument(
         "--sections",
         default="flops,speed,cost",
-        help="comma-separated: flops, speed, tile, psnr, cost, cost-quality",
+        help="comma-separated: flops, speed, tile, psnr, cost, cost-quality, compare",
     )
     parser.add_argument("--threads", type=int, default=2, help="torch threads (2 cores here)")
     parser.add_argument("--device", default="cpu")
@@ -188,6 +190,21 @@ def main() -> None:
     if "psnr" in sections:
         windows = [tuple(int(v) for v in w.split(":")) for w in args.dates.split(",")]
         section_psnr(args.device, windows)
+    if "compare" in sections:
+        # The paper schedule (L2 only) on a crop against fast and the levers, in one run: FLOPs per tile,
+        # the ratio to paper, painted-region PSNR / SAM on each window, seconds here (bench/fit_cost.py).
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import fit_cost
+
+        windows = [(int(a), int(b)) for a, b in (w.split(":") for w in args.dates.split(","))]
+        fit_cost.section_compare(
+            args.device,
+            windows,
+            fit_cost.DEFAULT_CROP,
+            fit_cost.COMPARE_TARGETS,
+            fit_cost.COMPARE_SNAPSHOTS,
+            None,
+        )
     if sections & {"cost", "cost-quality"}:
         # The cost table of bench/fit_cost.py: FLOPs per tile and ratios to paper, GPU-second estimates,
         # fp32 vs bf16 step times on --device (on CUDA with achieved TFLOP/s, peak memory, fits per GPU);

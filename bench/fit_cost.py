@@ -44,7 +44,7 @@ from fit.cost import (  # noqa: E402
     step_functions,
     tile_flops,
 )
-from fit.declouder import device_path  # noqa: E402
+from fit.declouder import decloud, device_path  # noqa: E402
 from fit.evaluate import evaluate  # noqa: E402
 from tiler.store import open_tile  # noqa: E402
 
@@ -56,6 +56,10 @@ TIMED_STEPS = 3
 #: Quality proxy defaults: centre crop side, and the paper schedule's iterations per window divided by this.
 DEFAULT_CROP = 32
 DEFAULT_PAPER_SCALE = 20
+#: compare: target dates painted per window (more evidence per fit), and the passes of the reference
+#: schedule after which it is scored (its quality at 1/20, 1/10, ... of its compute).
+COMPARE_TARGETS = 3
+COMPARE_SNAPSHOTS = (1, 2, 3, 5, 10, 15, 20)
 #: The lighter network tried as a lever: every width halved.
 LITE_CHANNELS = (8, 16, 32, 64, 64, 64)
 
@@ -165,9 +169,10 @@ def section_speed(device: str, compile_mode: str) -> None:
         )
 
 
-def crop(tile: TileArrays, side: int) -> TileArrays:
+def crop(tile: TileArrays, side: int, corner: tuple[int, int] | None = None) -> TileArrays:
+    """The ``side`` x ``side`` centre of ``tile``, or the square at ``corner`` (y0, x0)."""
     height, width = tile.reflectance.shape[-2:]
-    y0, x0 = (height - side) // 2, (width - side) // 2
+    y0, x0 = ((height - side) // 2, (width - side) // 2) if corner is None else corner
     ys, xs = slice(y0, y0 + side), slice(x0, x0 + side)
     return TileArrays(
         tile.name,
@@ -245,11 +250,225 @@ def section_quality(
         )
 
 
+def candidates() -> dict[str, FitConfig]:
+    """Settings at <= 1/20 of the paper schedule's L2-only FLOPs, compared against its full fit."""
+    paper, fast = PRESETS["paper"], PRESETS["fast"]
+    paper_l2 = paper.replace(perceptual_weight=0.0)
+    return {
+        "fast": fast,
+        "fast + start at guide": fast.replace(name="fast-sg", start_at_guide=True),
+        "paper/20 (20 x 5, constant lr)": paper_l2.replace(name="paper/20", iterations_per_window=5),
+        "paper/20, cosine lr (4 x 25)": paper_l2.replace(
+            name="paper/20-cos", passes=4, iterations_per_window=25, lr_decay="cosine"
+        ),
+        "fast, lite network": fast.replace(
+            name="fast-lite", channels_down=LITE_CHANNELS, channels_up=LITE_CHANNELS
+        ),
+        "fast, 4 windows per step": fast.replace(name="fast-b4", windows_per_step=4),
+        "fast + weight average (0.9)": fast.replace(name="fast-ema90", weight_average=0.9),
+        "fast + weight average (0.97)": fast.replace(name="fast-ema97", weight_average=0.97),
+        "paper/20 + weight average (0.99)": paper_l2.replace(
+            name="paper/20-ema", iterations_per_window=5, weight_average=0.99
+        ),
+        # Campaign-level: one pass from the weights of a neighbour fitted with `fast` (its cost is the
+        # neighbour's own fit, so the tile's steps are the warm pass only).
+        "fast, warm start (1 pass)": fast.replace(name="fast-warm", warm_passes=1),
+    }
+
+
+def section_compare(
+    device: str,
+    windows: Sequence[tuple[int, int]],
+    side: int,
+    targets: int,
+    passes: Sequence[int],
+    json_path: str | None,
+    reference_scale: int = 1,
+    only: Sequence[str] | None = None,
+) -> None:
+    """paper vs the candidates in one run: FLOPs per 384x768 tile, painted-region quality, seconds here.
+
+    The reference is the full published schedule (20 passes x 100 iterations per window, constant lr)
+    with the L2 loss only (no VGG16 weights here) on a ``side`` x ``side`` crop: the issue's proxy "the
+    same schedule on a smaller crop". Its snapshots after ``passes`` passes are the schedule cut short.
+    ``only``: the candidates (and "paper") to run, by name; None = all of them.
+    """
+    paper = PRESETS["paper"]
+    flops_paper, flops_l2 = tile_flops(paper).total, tile_flops(paper.replace(perceptual_weight=0.0)).total
+    reference = paper.replace(
+        name="paper-l2",
+        perceptual_weight=0.0,
+        iterations_per_window=max(1, paper.iterations_per_window // reference_scale),
+    )
+    print(
+        f"\n== paper vs candidates: painted-region PSNR / SAM (cloudiest paint, S1 input, {targets} target "
+        f"date(s) per window) on the {side}x{side} centre crop; TFLOP per 384x768x30 tile and the ratio to "
+        f"paper (with VGG16: {flops_paper / 1e12:,.0f} TFLOP) and paper L2-only ({flops_l2 / 1e12:,.0f})",
+        flush=True,
+    )
+    tile = TileArrays.from_dataset(open_tile(str(SAMPLE)).load())
+    head = f"{'settings':36s} {'steps':>6s} {'TFLOP/tile':>10s} {'/paper':>8s} {'/paper-L2':>9s}"
+    rows: list[dict[str, object]] = []
+
+    def emit(row: dict[str, object]) -> None:
+        rows.append(row)
+        print(
+            f"  {row['dates']:6s} {row['settings']:36s} {row['steps']:6d} {row['tflop']:10,.1f} "
+            f"{row['per_paper']:8.5f} {row['per_paper_l2']:9.4f}  PSNR {row['psnr']:6.2f} dB  "
+            f"SAM {row['sam']:5.2f} deg  {row['seconds']:7.0f} s",
+            flush=True,
+        )
+        if json_path:
+            with open(json_path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+    print(f"  {'dates':6s} {head}", flush=True)
+    for start, stop in windows:
+        window = crop(tile.dates(start, stop), side)
+        label = f"{start}:{stop}"
+        full_name = "paper (L2 only), full schedule"
+        if reference_scale > 1:
+            full_name += f" / {reference_scale}"
+        runs = [*candidates().items(), (full_name, reference)]
+        if only is not None:
+            runs = [(n, c) for n, c in runs if n in only or (c is reference and "paper" in only)]
+        for name, config in runs:
+            started = time.perf_counter()
+            full = config is reference
+            init = None
+            if config.warm_passes is not None:
+                # The neighbour: the top-left square, which shares a quarter of its area with the centre
+                # crop (tiles of a campaign overlap a little; this is more than they do).
+                neighbour = crop(tile.dates(start, stop), side, corner=(0, 0))
+                init = decloud(
+                    neighbour.reflectance,
+                    neighbour.mask,
+                    neighbour.s1,
+                    PRESETS["fast"],
+                    bands=neighbour.bands,
+                    days=neighbour.days,
+                    device=device,
+                    keep_weights=True,
+                ).weights
+                started = time.perf_counter()
+
+            def snapshot(
+                done: int, steps: int, scores: object, started: float = started, label: str = label
+            ) -> None:
+                if done == reference.passes:
+                    return  # the full fit's row follows
+                flops = tile_flops(reference, iterations=steps)  # 30 dates: the crop's steps are the tile's
+                painted = scores.painted  # type: ignore[attr-defined]
+                emit({
+                    "dates": label, "settings": f"paper (L2 only), cut after {done} pass(es)",
+                    "steps": steps, "tflop": flops.total / 1e12, "per_paper": flops.total / flops_paper,
+                    "per_paper_l2": flops.total / flops_l2, "psnr": painted.psnr, "sam": painted.sam,
+                    "seconds": time.perf_counter() - started,
+                })  # fmt: skip
+
+            ev = evaluate(
+                window,
+                config,
+                targets=targets,
+                inputs=("s1",),
+                device=device,
+                snapshot_passes=passes if full else (),
+                on_snapshot=snapshot if full else None,
+                init_weights=init,
+            )
+            fit = ev.row("fit", "s1")
+            steps = config.total_iterations(REFERENCE_DATES, warm=init is not None)
+            flops = tile_flops(config, iterations=steps)
+            emit({
+                "dates": label, "settings": name,
+                "steps": steps,
+                "tflop": flops.total / 1e12, "per_paper": flops.total / flops_paper,
+                "per_paper_l2": flops.total / flops_l2, "psnr": fit.painted.psnr, "sam": fit.painted.sam,
+                "seconds": time.perf_counter() - started,
+            })  # fmt: skip
+        best = ev.best_baseline()
+        print(
+            f"  {label}: targets {', '.join(ev.targets)}; best baseline {best.label} "
+            f"{best.painted.psnr:.2f} dB / {best.painted.sam:.2f} deg",
+            flush=True,
+        )
+    reference_psnr = {r["dates"]: r["psnr"] for r in rows if r["settings"] == full_name}
+    if len(reference_psnr) == len(windows):
+        print("  mean over windows, and the difference to the full paper schedule:")
+        for name in dict.fromkeys(str(r["settings"]) for r in rows):
+            mine = [r for r in rows if r["settings"] == name]
+            if len(mine) != len(windows):
+                continue
+            psnr = float(np.mean([float(r["psnr"]) for r in mine]))  # type: ignore[arg-type]
+            delta = psnr - float(np.mean(list(reference_psnr.values())))  # type: ignore[arg-type]
+            print(f"  {name:36s} PSNR {psnr:6.2f} dB ({delta:+.2f})  /paper {mine[0]['per_paper']:.5f}")
+
+
+def section_warm(device: str, windows: Sequence[tuple[int, int]], side: int, targets: int) -> None:
+    """Warm start between two ADJACENT, non-overlapping squares (west and east halves of the sample's
+    middle rows): each is scored fitted cold and warm-started from the other's plain ``fast`` fit."""
+    fast = PRESETS["fast"]
+    warm = fast.replace(name="fast-warm", warm_passes=1)
+    print(
+        f"\n== warm start between adjacent {side}x{side} squares, painted-region PSNR / SAM ({targets} "
+        f"target date(s), cloudiest paint, S1 input): cold = fast ({fast.total_iterations(30)} steps), "
+        f"warm = 1 pass from the neighbour's fast weights ({warm.total_iterations(30, warm=True)} steps)",
+        flush=True,
+    )
+    tile = TileArrays.from_dataset(open_tile(str(SAMPLE)).load())
+    height, width = tile.reflectance.shape[-2:]
+    row = (height - side) // 2
+    corners = {"west": (row, 0), "east": (row, width - side)}
+    for start, stop in windows:
+        squares = {name: crop(tile.dates(start, stop), side, corner) for name, corner in corners.items()}
+        weights = {
+            name: decloud(
+                sq.reflectance, sq.mask, sq.s1, fast, bands=sq.bands, days=sq.days, device=device,
+                keep_weights=True,
+            ).weights
+            for name, sq in squares.items()
+        }  # fmt: skip
+        for name, square in squares.items():
+            other = next(n for n in squares if n != name)
+            scores = {}
+            for kind, config, init in (("cold", fast, None), ("warm", warm, weights[other])):
+                started = time.perf_counter()
+                ev = evaluate(
+                    square, config, targets=targets, inputs=("s1",), device=device, init_weights=init
+                )
+                scores[kind] = (ev.row("fit", "s1").painted, time.perf_counter() - started)
+            (cold, cold_s), (hot, hot_s) = scores["cold"], scores["warm"]
+            print(
+                f"  {start}:{stop} {name}: cold PSNR {cold.psnr:6.2f} dB SAM {cold.sam:5.2f} "
+                f"({cold_s:4.0f} s)  "
+                f"warm from {other} PSNR {hot.psnr:6.2f} dB SAM {hot.sam:5.2f} ({hot_s:4.0f} s)  "
+                f"difference {hot.psnr - cold.psnr:+.2f} dB",
+                flush=True,
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--sections", default="flops,speed", help="comma-separated: flops, speed, quality")
+    parser.add_argument(
+        "--sections", default="flops,speed", help="comma-separated: flops, speed, quality, compare, warm"
+    )
+    parser.add_argument(
+        "--reference-scale", type=int, default=1, help="compare: the reference's iterations per window / N"
+    )
+    parser.add_argument(
+        "--only", default=None, help='compare: ";"-separated candidate names to run ("paper" = the reference)'
+    )
+    parser.add_argument("--json", default=None, help="compare: append each row to this JSON-lines file")
+    parser.add_argument(
+        "--targets", type=int, default=COMPARE_TARGETS, help="compare: target dates per window"
+    )
+    parser.add_argument(
+        "--snapshots",
+        default=",".join(map(str, COMPARE_SNAPSHOTS)),
+        help="compare: passes after which the reference is scored",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch threads on a CPU (shared cores here)")
     parser.add_argument(
@@ -274,6 +493,22 @@ def main() -> None:
     if "quality" in sections:
         windows = [(int(a), int(b)) for a, b in (w.split(":") for w in args.dates.split(","))]
         section_quality(args.device, windows, args.crop, args.paper_scale, flops)
+    if "warm" in sections:
+        windows = [(int(a), int(b)) for a, b in (w.split(":") for w in args.dates.split(","))]
+        section_warm(args.device, windows, args.crop, args.targets)
+    if "compare" in sections:
+        windows = [(int(a), int(b)) for a, b in (w.split(":") for w in args.dates.split(","))]
+        passes = [int(p) for p in args.snapshots.split(",")]
+        section_compare(
+            args.device,
+            windows,
+            args.crop,
+            args.targets,
+            passes,
+            args.json,
+            args.reference_scale,
+            None if args.only is None else [n.strip() for n in args.only.split(";")],
+        )
 
 
 if __name__ == "__main__":

@@ -85,6 +85,9 @@ class FitConfig:
     windows_per_step: int = 1
     #: Passes to run when the fit starts from a neighbour's weights (``init_weights``); None = ``passes``.
     warm_passes: int | None = None
+    #: Predict with an exponential moving average of the weights over the steps (this decay per step;
+    #: 0 = off, the published last-step weights): it smooths the step-to-step swings of Adam at a high lr.
+    weight_average: float = 0.0
     # -- the device path (GPU levers; no effect on what is computed beyond rounding) --
     precision: Precision = "auto"
     memory_format: MemoryFormat = "auto"
@@ -121,6 +124,7 @@ class FitConfig:
             "perceptual_every >= 1": self.perceptual_every >= 1,
             "windows_per_step >= 1": self.windows_per_step >= 1,
             "warm_passes >= 1 or None": self.warm_passes is None or self.warm_passes >= 1,
+            "0 <= weight_average < 1": 0 <= self.weight_average < 1,
             f"precision in {PRECISIONS}": self.precision in PRECISIONS,
             f"memory_format in {MEMORY_FORMATS}": self.memory_format in MEMORY_FORMATS,
             f"compile in {COMPILE_MODES}": self.compile in COMPILE_MODES,

@@ -19,6 +19,7 @@ from typing import cast
 
 import numpy as np
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from fit.baselines import mosaic_mean, observation_gaps, temporal_linear
 from fit.config import FitConfig
@@ -61,6 +62,9 @@ class ProgressEvent:
 
 
 Progress = Callable[[ProgressEvent], None]
+#: ``snapshot(passes_done, steps_done, prediction)``: the prediction the network makes after that many
+#: passes, exactly as the fit would return it had it stopped there (quality per compute in one fit).
+Snapshot = Callable[[int, int, np.ndarray], None]
 
 
 @dataclass(frozen=True)
@@ -282,6 +286,8 @@ def decloud(
     name: str = "tile",
     init_weights: Mapping[str, torch.Tensor] | None = None,
     keep_weights: bool = False,
+    snapshot: Snapshot | None = None,
+    snapshot_passes: Sequence[int] = (),
 ) -> DecloudResult:
     """Fit one network to a tile's clear pixels and return its cloud-free series.
 
@@ -290,6 +296,9 @@ def decloud(
     missing; needed for ``config.input == "s1"``. ``days``: acquisition days (time,), default 0, 1, 2, ...
     ``init_weights``: a converged neighbour's network weights to start from (warm start: the schedule
     then runs ``config.warm_passes`` passes); ``keep_weights``: return the final weights in the result.
+    ``snapshot``: called after each pass listed in ``snapshot_passes`` (1 = after the first) with the
+    prediction the fit would return had it stopped there; the fit itself is unchanged by it (one
+    inference pass per snapshot, no optimiser state or random draw touched).
     """
     s2 = np.asarray(s2, dtype=np.float32)
     n_dates, n_bands, height, width = _check_shapes(s2, mask, s1, bands, name)
@@ -336,6 +345,22 @@ def decloud(
         perceptual = (
             PerceptualLoss(cast(VGG16, vgg), bands).to(torch_device) if config.perceptual_weight > 0 else None
         )
+
+        def finish(raw: np.ndarray) -> np.ndarray:
+            prediction = np.clip(raw, 0.0, 1.0)
+            if config.keep_clear:
+                prediction = np.where(clear[:, None], np.nan_to_num(s2), prediction)
+            return prediction.astype(np.float32)
+
+        on_pass = None
+        if snapshot is not None:
+            user_snapshot = snapshot
+            wanted = frozenset(snapshot_passes)
+
+            def on_pass(passes_done: int, steps_done: int, predict: Callable[[], np.ndarray]) -> None:
+                if passes_done in wanted:
+                    user_snapshot(passes_done, steps_done, finish(predict()))
+
         fitted = _fit(
             net,
             perceptual,
@@ -350,15 +375,14 @@ def decloud(
             seed,
             progress,
             warm=init_weights is not None,
+            on_pass=on_pass,
         )
-    prediction = np.clip(fitted.prediction, 0.0, 1.0)
-    if config.keep_clear:
-        prediction = np.where(clear[:, None], np.nan_to_num(s2), prediction)
+        prediction = finish(fitted.prediction)
     seconds = time.perf_counter() - started
     peak, peak_kind = _peak_memory(torch_device)
     weights = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()} if keep_weights else None
     return DecloudResult(
-        prediction=prediction.astype(np.float32),
+        prediction=prediction,
         clear=clear,
         loss_curve=fitted.curve,
         iterations=fitted.iterations,
@@ -457,6 +481,7 @@ def _fit(
     progress: Progress | None,
     *,
     warm: bool = False,
+    on_pass: Callable[[int, int, Callable[[], np.ndarray]], None] | None = None,
 ) -> _Fitted:
     """The schedule itself: the prediction (time, band, y, x), the loss curve, the windows, the steps."""
     n_dates = s2.shape[0]
@@ -500,6 +525,13 @@ def _fit(
         else None
     )
     forward = _compiled(net, path)
+    # The averaged copy predicts; the network itself trains (and is what keep_weights returns).
+    averaged = (
+        AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(config.weight_average), use_buffers=True)
+        if config.weight_average > 0
+        else None
+    )
+    predictor = forward if averaged is None else averaged
     report_every = max(1, total // PROGRESS_EVENTS)
     rng = np.random.default_rng(seed)
     started = time.perf_counter()
@@ -513,7 +545,34 @@ def _fit(
         out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
         return out.contiguous(memory_format=path.torch_memory_format)
 
+    chosen = output_windows(n_dates, spans)
+
+    def predict() -> np.ndarray:
+        # Every date from the window that covers it best; BatchNorm stays in training mode (each window
+        # is normalised by its own statistics, as during the fit).
+        prediction = torch.empty_like(target)
+        with torch.no_grad():
+            for window, (start, _) in enumerate(spans):
+                dates = np.flatnonzero(chosen == window)
+                if not dates.size:
+                    continue
+                off = None if offset is None else batch(offset, [window])
+                with _autocast(device, path):
+                    out = predictor(batch(x_all, [window]), off)
+                prediction[:, :, dates] = out.float()[:, :, dates - start]
+        return crop_spatial(prediction, plan)[0].permute(1, 0, 2, 3).cpu().numpy()
+
+    current_pass = 0
     for pass_index, group in visit_groups(len(spans), passes, config.windows_per_step, rng):
+        if pass_index != current_pass:
+            if on_pass is not None:
+                # BatchNorm's running statistics move on every training-mode forward: put them back so a
+                # snapshot leaves the fit and its saved weights exactly as they would be without it.
+                model = net if averaged is None else averaged
+                buffers = {k: b.clone() for k, b in model.named_buffers()}
+                on_pass(pass_index, step, predict)
+                model.load_state_dict(buffers, strict=False)
+            current_pass = pass_index
         x, y, w = batch(x_all, group), batch(target, group), batch(weight, group)
         off = None if offset is None else batch(offset, group)
         for inner in range(config.iterations_per_window):
@@ -538,6 +597,8 @@ def _fit(
             loss.backward()
             optimiser.step()
             scheduler.step()
+            if averaged is not None:
+                averaged.update_parameters(net)
             losses[step] = loss.detach()
             step += 1
             if progress is not None and (step % report_every == 0 or step == total or stopped_early):
@@ -554,17 +615,9 @@ def _fit(
         if stopped_early:
             break
 
-    prediction = torch.empty_like(target)
-    chosen = output_windows(n_dates, spans)
-    with torch.no_grad():
-        for window, (start, _) in enumerate(spans):
-            dates = np.flatnonzero(chosen == window)
-            if not dates.size:
-                continue
-            with _autocast(device, path):
-                out = forward(batch(x_all, [window]), None if offset is None else batch(offset, [window]))
-            prediction[:, :, dates] = out.float()[:, :, dates - start]
-    result = crop_spatial(prediction, plan)[0].permute(1, 0, 2, 3).cpu().numpy()
+    result = predict()
+    if on_pass is not None:
+        on_pass(current_pass + 1, step, lambda: result)
     return _Fitted(
         prediction=result,
         curve=_downsample_curve(losses[:step].cpu().numpy()),

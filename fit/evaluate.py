@@ -20,16 +20,17 @@ and for the painted input itself (what the user would have without any filling).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import numpy as np
+import torch
 
 from fit.arrays import TileArrays
 from fit.baselines import BASELINES
 from fit.config import FitConfig
-from fit.declouder import Progress, decloud, trusted_clear
+from fit.declouder import Progress, Snapshot, decloud, trusted_clear
 from fit.errors import EvaluationError
 from fit.metrics import Scores, score
 from fit.vgg import VGG16
@@ -175,10 +176,16 @@ def evaluate(
     vgg: VGG16 | None = None,
     vgg_weights: str | None = None,
     progress: Callable[[str, Any], None] | None = None,
+    snapshot_passes: Sequence[int] = (),
+    on_snapshot: Callable[[int, int, MethodScores], None] | None = None,
+    init_weights: Mapping[str, torch.Tensor] | None = None,
 ) -> Evaluation:
     """Run the protocol on ``tile`` (cut it to the dates to use first) and score every method.
 
     ``progress(stage, event)`` is called with the stage ("fit s1", ...) and the fit's progress event.
+    ``on_snapshot(passes, steps, scores)`` is called with the fit's scores after each pass listed in
+    ``snapshot_passes`` (quality against compute along one fit; ``scores.seconds`` is NaN there).
+    ``init_weights``: start the fits from a neighbour's weights (a warm start: ``config.warm_passes``).
     """
     case = paint(tile, config, k=targets, mode=paint_mode)
     series = case.tile
@@ -197,7 +204,19 @@ def evaluate(
         fit_config = config.replace(input=kind)
         callback: Progress | None = None
         if progress is not None:
-            callback = (lambda stage: (lambda event: progress(stage, event)))(f"fit {kind}")
+            callback = (lambda stage: lambda event: progress(stage, event))(f"fit {kind}")
+        snapshot: Snapshot | None = None
+        if on_snapshot is not None:
+
+            def snapshot(
+                passes: int,
+                steps: int,
+                prediction: np.ndarray,
+                kind: str = kind,
+                report: Callable[[int, int, MethodScores], None] = on_snapshot,
+            ) -> None:
+                report(passes, steps, scored("fit", kind, prediction, float("nan")))
+
         result = decloud(
             series.reflectance,
             series.mask,
@@ -211,6 +230,9 @@ def evaluate(
             vgg_weights=vgg_weights,
             progress=callback,
             name=tile.name,
+            snapshot=snapshot,
+            snapshot_passes=snapshot_passes,
+            init_weights=init_weights,
         )
         rows.append(scored("fit", kind, result.prediction, result.seconds))
 

@@ -12,7 +12,7 @@ import pytest
 from fit.arrays import TileArrays
 from fit.baselines import mosaic_mean, nearest_clear, observation_gaps, temporal_linear
 from fit.config import SMOKE
-from fit.declouder import trusted_clear
+from fit.declouder import decloud, trusted_clear
 from fit.errors import EvaluationError
 from fit.evaluate import PARTIAL_COVER, TARGET_MIN_CLEAR, evaluate, paint
 from tiler.store import MaskClass, open_tile
@@ -40,6 +40,47 @@ def test_smoke_evaluation_beats_the_painted_input(window: TileArrays) -> None:
     record = json.loads(json.dumps(evaluation.to_dict()))
     assert record["targets"] == list(evaluation.targets)
     assert set(record["fit_margin_db_painted"]) == {"s1"}
+
+
+def test_snapshots_score_the_same_fit_as_the_result(window: TileArrays) -> None:
+    config = SMOKE.replace(name="smoke-2", passes=2)
+    seen: list[tuple[int, int, float]] = []
+    evaluation = evaluate(
+        window,
+        config,
+        inputs=("s1",),
+        device="cpu",
+        snapshot_passes=(1, 2),
+        on_snapshot=lambda passes, steps, scores: seen.append((passes, steps, scores.painted.psnr)),
+    )
+    assert [(p, s) for p, s, _ in seen] == [(1, 26), (2, 52)]  # 26 windows of 5 in 30 dates, 1 step each
+    assert seen[-1][2] == evaluation.row("fit", "s1").painted.psnr
+    assert seen[0][2] != seen[-1][2]
+
+
+def test_a_warm_started_evaluation_runs_the_warm_passes(window: TileArrays) -> None:
+    config = SMOKE.replace(name="smoke-warm", passes=2, warm_passes=1)
+    neighbour = decloud(
+        window.reflectance,
+        window.mask,
+        window.s1,
+        config,
+        bands=window.bands,
+        days=window.days,
+        device="cpu",
+        keep_weights=True,
+    )
+    seen: list[int] = []
+    evaluate(
+        window,
+        config,
+        inputs=("s1",),
+        device="cpu",
+        init_weights=neighbour.weights,
+        snapshot_passes=(1, 2),
+        on_snapshot=lambda passes, steps, scores: seen.append(steps),
+    )
+    assert seen == [26]  # one warm pass of 26 windows, not the two passes of a cold start
 
 
 def test_targets_are_truly_clear_and_painted_with_real_clouds(window: TileArrays) -> None:

@@ -56,6 +56,7 @@ def run(tile: TileArrays, config: FitConfig, reflectance: np.ndarray | None = No
         ({"memory_format": "nhwc"}, "memory_format"),
         ({"compile": "max"}, "compile"),
         ({"stop_patience": 0}, "stop_patience"),
+        ({"weight_average": 1.0}, "weight_average"),
     ],
 )
 def test_bad_cost_settings_are_refused_by_name(change: dict[str, object], rule: str) -> None:
@@ -133,6 +134,49 @@ def test_early_stopping_ends_a_long_schedule_sooner(tile: TileArrays) -> None:
     assert result.iterations % config.iterations_per_window == 0
     assert result.loss_curve[-1, 0] == result.iterations
     assert np.isfinite(result.prediction).all()
+
+
+def test_snapshots_score_the_fit_along_the_way_without_changing_it(tile: TileArrays) -> None:
+    config = TINY.replace(name="tiny-3", passes=3)
+    per_pass = config.steps_per_pass(len(tile.times)) * config.iterations_per_window
+    seen: dict[int, tuple[int, np.ndarray]] = {}
+    watched = run(
+        tile,
+        config,
+        keep_weights=True,
+        snapshot=lambda passes, steps, prediction: seen.__setitem__(passes, (steps, prediction)),
+        snapshot_passes=(1, 3),
+    )
+    plain = run(tile, config, keep_weights=True)
+    # Snapshots touch neither the optimiser, the draws nor BatchNorm's statistics: the same fit, bit for bit.
+    np.testing.assert_array_equal(watched.prediction, plain.prediction)
+    assert watched.weights is not None and plain.weights is not None
+    for key, value in plain.weights.items():
+        torch.testing.assert_close(watched.weights[key], value, rtol=0, atol=0, msg=key)
+    assert sorted(seen) == [1, 3]  # pass 2 was not asked for
+    assert seen[1][0] == per_pass and seen[3][0] == 3 * per_pass
+    np.testing.assert_array_equal(seen[3][1], plain.prediction)  # the last pass is the result
+    assert seen[1][1].shape == plain.prediction.shape and seen[1][1].dtype == np.float32
+    assert seen[1][1].min() >= 0 and seen[1][1].max() <= 1
+    assert not np.array_equal(seen[1][1], plain.prediction)  # two more passes changed the network
+
+
+def test_weight_average_predicts_with_averaged_weights_and_trains_the_same(tile: TileArrays) -> None:
+    config = TINY.replace(name="tiny-3", passes=3)
+    plain = run(tile, config, keep_weights=True)
+    averaged = run(tile, config.replace(weight_average=0.9), keep_weights=True)
+    # The average never feeds back into training: the same steps, losses and final weights (BatchNorm's
+    # running statistics aside: the final inference pass runs through the average instead).
+    np.testing.assert_array_equal(averaged.loss_curve, plain.loss_curve)
+    assert averaged.weights is not None and plain.weights is not None
+    for key, value in plain.weights.items():
+        if "running_" not in key and "num_batches" not in key:
+            torch.testing.assert_close(averaged.weights[key], value, rtol=0, atol=0, msg=key)
+    # ...but the prediction comes from the average, which lags the last step's weights.
+    assert np.abs(averaged.prediction - plain.prediction).max() > 1e-3
+    # With almost no memory the average is the last step's weights.
+    near_last = run(tile, config.replace(weight_average=1e-6))
+    np.testing.assert_allclose(near_last.prediction, plain.prediction, atol=1e-4)
 
 
 def test_batched_windows_fit_in_fewer_steps(tile: TileArrays) -> None:
