@@ -15,6 +15,10 @@ Sections:
 - ``quality``: the painted-region PSNR / SAM of fit.evaluate (cloudiest paint, S1 input) on two real
   30-date windows of the bundled WorldCereal sample, on its ``--crop``×``--crop`` centre (a proxy: the
   published schedule cannot run to its end on a CPU; see ``--paper-scale``), with each run's seconds.
+- ``compare``: the full ``paper`` schedule (L2 only) on the crop against ``fast`` and the levers, in one
+  run: FLOPs per tile, the ratios to ``paper``, PSNR / SAM per window, seconds; the reference is also
+  scored after ``--snapshots`` passes of the same fit (~1.5-2 h per window on one CPU core).
+- ``warm``: warm start between two adjacent, non-overlapping squares against cold fits.
 """
 
 from __future__ import annotations
