@@ -196,10 +196,9 @@ def main() -> None:
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         import fit_cost
 
-        windows = [(int(a), int(b)) for a, b in (w.split(":") for w in args.dates.split(","))]
         fit_cost.section_compare(
             args.device,
-            windows,
+            fit_cost.parse_windows(args.dates),
             fit_cost.DEFAULT_CROP,
             fit_cost.COMPARE_TARGETS,
             fit_cost.COMPARE_SNAPSHOTS,
@@ -215,7 +214,7 @@ def main() -> None:
         fit_cost.section_flops()
         fit_cost.section_speed(args.device, "off")
         if "cost-quality" in sections:
-            windows = [(int(a), int(b)) for a, b in (w.split(":") for w in args.dates.split(","))]
+            windows = fit_cost.parse_windows(args.dates)
             fit_cost.section_quality(
                 args.device, windows, fit_cost.DEFAULT_CROP, fit_cost.DEFAULT_PAPER_SCALE, None
             )

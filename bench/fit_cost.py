@@ -28,7 +28,7 @@ import json
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -173,6 +173,27 @@ def section_speed(device: str, compile_mode: str) -> None:
         )
 
 
+def parse_windows(text: str) -> list[tuple[int, int]]:
+    """``"0:30,30:60"`` -> [(0, 30), (30, 60)]: date windows of the sample."""
+    return [(int(a), int(b)) for a, b in (w.split(":") for w in text.split(","))]
+
+
+def neighbour_weights(square: TileArrays, config: FitConfig, device: str) -> Mapping[str, torch.Tensor]:
+    """The final weights of a cold fit of ``square`` with ``config``: a neighbour's, for a warm start."""
+    weights = decloud(
+        square.reflectance,
+        square.mask,
+        square.s1,
+        config.replace(warm_passes=None),
+        bands=square.bands,
+        days=square.days,
+        device=device,
+        keep_weights=True,
+    ).weights
+    assert weights is not None  # keep_weights
+    return weights
+
+
 def crop(tile: TileArrays, side: int, corner: tuple[int, int] | None = None) -> TileArrays:
     """The ``side`` x ``side`` centre of ``tile``, or the square at ``corner`` (y0, x0)."""
     height, width = tile.reflectance.shape[-2:]
@@ -274,7 +295,7 @@ def candidates() -> dict[str, FitConfig]:
         "paper/20 + weight average (0.99)": paper_l2.replace(
             name="paper/20-ema", iterations_per_window=5, weight_average=0.99
         ),
-        # Campaign-level: one pass from the weights of a neighbour fitted with `fast` (its cost is the
+        # Campaign-level: one pass from the weights of a neighbour fitted cold (its cost is the
         # neighbour's own fit, so the tile's steps are the warm pass only).
         "fast, warm start (1 pass)": fast.replace(name="fast-warm", warm_passes=1),
     }
@@ -327,15 +348,15 @@ def section_compare(
                 f.write(json.dumps(row) + "\n")
 
     print(f"  {'dates':6s} {head}", flush=True)
+    full_name = "paper (L2 only), full schedule"
+    if reference_scale > 1:
+        full_name += f" / {reference_scale}"
+    runs = [*candidates().items(), (full_name, reference)]
+    if only is not None:
+        runs = [(n, c) for n, c in runs if n in only or (c is reference and "paper" in only)]
     for start, stop in windows:
         window = crop(tile.dates(start, stop), side)
         label = f"{start}:{stop}"
-        full_name = "paper (L2 only), full schedule"
-        if reference_scale > 1:
-            full_name += f" / {reference_scale}"
-        runs = [*candidates().items(), (full_name, reference)]
-        if only is not None:
-            runs = [(n, c) for n, c in runs if n in only or (c is reference and "paper" in only)]
         for name, config in runs:
             started = time.perf_counter()
             full = config is reference
@@ -343,24 +364,12 @@ def section_compare(
             if config.warm_passes is not None:
                 # The neighbour: the top-left square, which shares a quarter of its area with the centre
                 # crop (tiles of a campaign overlap a little; this is more than they do).
-                neighbour = crop(tile.dates(start, stop), side, corner=(0, 0))
-                init = decloud(
-                    neighbour.reflectance,
-                    neighbour.mask,
-                    neighbour.s1,
-                    PRESETS["fast"],
-                    bands=neighbour.bands,
-                    days=neighbour.days,
-                    device=device,
-                    keep_weights=True,
-                ).weights
+                init = neighbour_weights(crop(tile.dates(start, stop), side, corner=(0, 0)), config, device)
                 started = time.perf_counter()
 
             def snapshot(
                 done: int, steps: int, scores: object, started: float = started, label: str = label
             ) -> None:
-                if done == reference.passes:
-                    return  # the full fit's row follows
                 flops = tile_flops(reference, iterations=steps)  # 30 dates: the crop's steps are the tile's
                 painted = scores.painted  # type: ignore[attr-defined]
                 emit({
@@ -376,7 +385,8 @@ def section_compare(
                 targets=targets,
                 inputs=("s1",),
                 device=device,
-                snapshot_passes=passes if full else (),
+                # The end of the schedule is the full fit's own row.
+                snapshot_passes=[p for p in passes if p < reference.passes] if full else (),
                 on_snapshot=snapshot if full else None,
                 init_weights=init,
             )
@@ -415,8 +425,9 @@ def section_warm(device: str, windows: Sequence[tuple[int, int]], side: int, tar
     warm = fast.replace(name="fast-warm", warm_passes=1)
     print(
         f"\n== warm start between adjacent {side}x{side} squares, painted-region PSNR / SAM ({targets} "
-        f"target date(s), cloudiest paint, S1 input): cold = fast ({fast.total_iterations(30)} steps), "
-        f"warm = 1 pass from the neighbour's fast weights ({warm.total_iterations(30, warm=True)} steps)",
+        f"target date(s), cloudiest paint, S1 input): cold = fast "
+        f"({fast.total_iterations(REFERENCE_DATES)} steps), warm = 1 pass from the neighbour's fast weights "
+        f"({warm.total_iterations(REFERENCE_DATES, warm=True)} steps)",
         flush=True,
     )
     tile = TileArrays.from_dataset(open_tile(str(SAMPLE)).load())
@@ -425,13 +436,7 @@ def section_warm(device: str, windows: Sequence[tuple[int, int]], side: int, tar
     corners = {"west": (row, 0), "east": (row, width - side)}
     for start, stop in windows:
         squares = {name: crop(tile.dates(start, stop), side, corner) for name, corner in corners.items()}
-        weights = {
-            name: decloud(
-                sq.reflectance, sq.mask, sq.s1, fast, bands=sq.bands, days=sq.days, device=device,
-                keep_weights=True,
-            ).weights
-            for name, sq in squares.items()
-        }  # fmt: skip
+        weights = {name: neighbour_weights(square, fast, device) for name, square in squares.items()}
         for name, square in squares.items():
             other = next(n for n in squares if n != name)
             scores = {}
@@ -491,17 +496,15 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     sections = {s.strip() for s in args.sections.split(",")}
+    windows = parse_windows(args.dates)
     flops = section_flops() if "flops" in sections else None
     if "speed" in sections:
         section_speed(args.device, args.compile)
     if "quality" in sections:
-        windows = [(int(a), int(b)) for a, b in (w.split(":") for w in args.dates.split(","))]
         section_quality(args.device, windows, args.crop, args.paper_scale, flops)
     if "warm" in sections:
-        windows = [(int(a), int(b)) for a, b in (w.split(":") for w in args.dates.split(","))]
         section_warm(args.device, windows, args.crop, args.targets)
     if "compare" in sections:
-        windows = [(int(a), int(b)) for a, b in (w.split(":") for w in args.dates.split(","))]
         passes = [int(p) for p in args.snapshots.split(",")]
         section_compare(
             args.device,

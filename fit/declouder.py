@@ -352,14 +352,13 @@ def decloud(
                 prediction = np.where(clear[:, None], np.nan_to_num(s2), prediction)
             return prediction.astype(np.float32)
 
-        on_pass = None
+        on_pass: Snapshot | None = None
         if snapshot is not None:
-            user_snapshot = snapshot
-            wanted = frozenset(snapshot_passes)
 
-            def on_pass(passes_done: int, steps_done: int, predict: Callable[[], np.ndarray]) -> None:
-                if passes_done in wanted:
-                    user_snapshot(passes_done, steps_done, finish(predict()))
+            def on_pass(
+                passes_done: int, steps_done: int, raw: np.ndarray, report: Snapshot = snapshot
+            ) -> None:
+                report(passes_done, steps_done, finish(raw))
 
         fitted = _fit(
             net,
@@ -376,6 +375,7 @@ def decloud(
             progress,
             warm=init_weights is not None,
             on_pass=on_pass,
+            snapshot_passes=frozenset(snapshot_passes),
         )
         prediction = finish(fitted.prediction)
     seconds = time.perf_counter() - started
@@ -481,9 +481,13 @@ def _fit(
     progress: Progress | None,
     *,
     warm: bool = False,
-    on_pass: Callable[[int, int, Callable[[], np.ndarray]], None] | None = None,
+    on_pass: Snapshot | None = None,
+    snapshot_passes: frozenset[int] = frozenset(),
 ) -> _Fitted:
-    """The schedule itself: the prediction (time, band, y, x), the loss curve, the windows, the steps."""
+    """The schedule itself: the prediction (time, band, y, x), the loss curve, the windows, the steps.
+
+    ``on_pass(passes, steps, raw prediction)`` is called after each pass in ``snapshot_passes``.
+    """
     n_dates = s2.shape[0]
 
     def series(a: np.ndarray) -> torch.Tensor:
@@ -565,12 +569,12 @@ def _fit(
     current_pass = 0
     for pass_index, group in visit_groups(len(spans), passes, config.windows_per_step, rng):
         if pass_index != current_pass:
-            if on_pass is not None:
+            if on_pass is not None and pass_index in snapshot_passes:
                 # BatchNorm's running statistics move on every training-mode forward: put them back so a
                 # snapshot leaves the fit and its saved weights exactly as they would be without it.
                 model = net if averaged is None else averaged
                 buffers = {k: b.clone() for k, b in model.named_buffers()}
-                on_pass(pass_index, step, predict)
+                on_pass(pass_index, step, predict())
                 model.load_state_dict(buffers, strict=False)
             current_pass = pass_index
         x, y, w = batch(x_all, group), batch(target, group), batch(weight, group)
@@ -616,8 +620,8 @@ def _fit(
             break
 
     result = predict()
-    if on_pass is not None:
-        on_pass(current_pass + 1, step, lambda: result)
+    if on_pass is not None and current_pass + 1 in snapshot_passes:
+        on_pass(current_pass + 1, step, result)
     return _Fitted(
         prediction=result,
         curve=_downsample_curve(losses[:step].cpu().numpy()),
