@@ -44,6 +44,8 @@ class TileState(StrEnum):
     FITTED = "fitted"
     MOSAICKED = "mosaicked"
     FAILED = "failed"
+    #: No Sentinel-2 data over the tile (sea, outside every footprint): settled, never retried or failed.
+    EMPTY = "empty"
 
 
 class Stage(StrEnum):

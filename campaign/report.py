@@ -52,6 +52,8 @@ class CampaignReport(_Frozen):
     tiles_done: int
     tiles_failed: int
     tiles_pending: int
+    #: Tiles without Sentinel-2 data (sea, outside every footprint): settled, neither done nor failed.
+    tiles_empty: int = 0
     #: Tiles found already done at the start of this run (a resume skipped them).
     tiles_skipped: int
     km2_planned: float
@@ -149,6 +151,7 @@ def build_report(
     in_plan = [by_id[t] for t in km2 if t in by_id]
     done = [r for r in in_plan if r.state in DONE_STATES]
     failed = [r for r in in_plan if r.state == TileState.FAILED]
+    empty = sum(1 for r in in_plan if r.state == TileState.EMPTY)
     fit_attempts = [a for r in in_plan for a in r.attempts if a.stage == Stage.FIT]
     return CampaignReport(
         name=name,
@@ -161,7 +164,8 @@ def build_report(
         tiles_planned=len(km2),
         tiles_done=len(done),
         tiles_failed=len(failed),
-        tiles_pending=len(km2) - len(done) - len(failed),
+        tiles_pending=len(km2) - len(done) - len(failed) - empty,
+        tiles_empty=empty,
         tiles_skipped=skipped,
         km2_planned=sum(km2.values()),
         km2_done=sum(km2[r.tile_id] for r in done),
@@ -199,7 +203,8 @@ def summary_lines(report: CampaignReport) -> list[str]:
     lines = [
         f"campaign {report.name!r} -> {report.output}" + ("  (interrupted)" if report.interrupted else ""),
         f"tiles: {report.tiles_done}/{report.tiles_planned} done, {report.tiles_failed} failed, "
-        f"{report.tiles_pending} pending ({report.tiles_skipped} already done before this run)",
+        f"{report.tiles_pending} pending ({report.tiles_skipped} already done before this run)"
+        + (f", {report.tiles_empty} empty (no Sentinel-2 data)" if report.tiles_empty else ""),
         f"area: {report.km2_done:,.1f} of {report.km2_planned:,.1f} km²",
         f"wall time (this run): {_duration(report.wall_seconds)}; fit time (all runs): "
         f"{_duration(report.fit_seconds)} over {report.fit_attempts} fit attempts "
