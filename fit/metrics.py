@@ -10,6 +10,10 @@ then averaged over the region's pixels).
   would give NaN); with no pixel left SAM is NaN.
 - SSIM: Gaussian window 11, σ 1.5, C1 = 0.01², C2 = 0.03², per band, averaged; the window is applied with
   zero padding ("same" size), as in the pytorch SSIM that SEN12MS-CR-TS and UnCRtainTS use.
+
+:func:`seam_ratio` is this project's seam measure (no reference defines one): how sharp the step
+between kept observations and filled pixels is in the output, relative to the real image's own step
+between the same pixels. 1 = seamless (the output is as smooth across the boundary as the truth).
 """
 
 from __future__ import annotations
@@ -88,6 +92,44 @@ def ssim(target: np.ndarray, pred: np.ndarray, region: np.ndarray | None = None)
     values = ssim_map(target, pred)
     values = values.reshape(values.shape[0], -1) if region is None else values[:, np.asarray(region, bool)]
     return float(values.mean()) if values.size else float("nan")
+
+
+def boundary_pairs(kept: np.ndarray, valid: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Flat indices (a, b) of the 4-neighbour pixel pairs with one pixel in ``kept`` and the other not.
+
+    ``valid`` (y, x): only pairs whose two pixels are both valid count (e.g. where the truth is known).
+    """
+    kept = np.asarray(kept, bool)
+    ok = np.ones_like(kept) if valid is None else np.asarray(valid, bool)
+    index = np.arange(kept.size).reshape(kept.shape)
+    firsts, seconds = [], []
+    for a, b in ((np.s_[:, :-1], np.s_[:, 1:]), (np.s_[:-1, :], np.s_[1:, :])):
+        pair = (kept[a] != kept[b]) & ok[a] & ok[b]
+        firsts.append(index[a][pair])
+        seconds.append(index[b][pair])
+    return np.concatenate(firsts), np.concatenate(seconds)
+
+
+def seam_ratio(
+    output: np.ndarray, truth: np.ndarray, kept: np.ndarray, *, valid: np.ndarray | None = None
+) -> float:
+    """Mean |gradient| of ``output`` across the kept/filled boundary over the truth's at the same pairs.
+
+    ``output``, ``truth``: (band, y, x); ``kept`` (y, x): the pixels kept as observed (the rest were
+    filled). Over every 4-neighbour pair with one kept and one filled pixel (both ``valid`` where given)
+    and every band: mean |output[a] − output[b]| / mean |truth[a] − truth[b]|. 1 = seamless; above 1 the
+    output steps at the boundary where the real image does not; NaN without a boundary pair (nothing
+    kept, or nothing filled) or where the truth is perfectly flat across it.
+    """
+    a, b = boundary_pairs(kept, valid)
+    if not a.size:
+        return float("nan")
+    out = np.asarray(output, np.float64).reshape(np.shape(output)[0], -1)
+    ref = np.asarray(truth, np.float64).reshape(np.shape(truth)[0], -1)
+    reference = float(np.abs(ref[:, a] - ref[:, b]).mean())
+    if not reference > 0:
+        return float("nan")
+    return float(np.abs(out[:, a] - out[:, b]).mean()) / reference
 
 
 @dataclass(frozen=True)

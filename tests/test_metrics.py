@@ -70,3 +70,36 @@ def test_score_and_mean() -> None:
     mean = Scores.mean([s1, s2])
     assert mean.rmse == pytest.approx(0.2)
     assert mean.psnr == pytest.approx((s1.psnr + s2.psnr) / 2)  # per-image average, as the paper
+
+
+def test_seam_ratio_by_hand() -> None:
+    from fit.metrics import boundary_pairs, seam_ratio
+
+    # 1 band, 2x3 image: the left column kept, the rest filled -> 2 horizontal boundary pairs
+    kept = np.array([[True, False, False], [True, False, False]])
+    truth = np.array([[[0.1, 0.2, 0.3], [0.1, 0.3, 0.3]]])  # steps 0.1 and 0.2 across the boundary
+    a, b = boundary_pairs(kept)
+    assert sorted(zip(a.tolist(), b.tolist(), strict=True)) == [(0, 1), (3, 4)]
+    seamless = truth.copy()
+    assert seam_ratio(seamless, truth, kept) == pytest.approx(1.0)
+    seamy = truth.copy()
+    seamy[0, :, 1:] += 0.3  # the filled part is offset: steps 0.4 and 0.5 where the truth has 0.1, 0.2
+    assert seam_ratio(seamy, truth, kept) == pytest.approx(0.9 / 0.3)
+    # only pairs whose pixels are both valid count: the bottom row's pair is left out
+    valid = np.array([[True, True, True], [False, True, True]])
+    assert seam_ratio(seamy, truth, kept, valid=valid) == pytest.approx(0.4 / 0.1)
+    # no boundary (nothing kept, or everything kept): NaN
+    assert math.isnan(seam_ratio(seamy, truth, np.zeros_like(kept)))
+    assert math.isnan(seam_ratio(seamy, truth, np.ones_like(kept)))
+
+
+def test_seam_ratio_vertical_pairs_and_flat_truth() -> None:
+    from fit.metrics import seam_ratio
+
+    kept = np.array([[True, True], [False, False]])  # top row kept: 2 vertical pairs
+    truth = np.full((2, 2, 2), 0.5)
+    output = truth.copy()
+    output[:, 1] += 0.1
+    assert math.isnan(seam_ratio(output, truth, kept))  # the truth is flat across the boundary
+    truth[:, 1] += 0.05
+    assert seam_ratio(output, truth, kept) == pytest.approx(2.0)
