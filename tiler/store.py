@@ -13,9 +13,11 @@ Georeferencing follows CF / GeoZarr: a ``spatial_ref`` coordinate with ``crs_wkt
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import TYPE_CHECKING, Any, Literal
@@ -26,11 +28,22 @@ import rioxarray  # noqa: F401  (registers the .rio accessor)
 import xarray as xr
 import zarr
 import zarr.codecs  # already loaded by `import zarr`; named so type checkers see the submodule
+import zarr.registry
+from zarr.core.codec_pipeline import BatchedCodecPipeline
 
-from tiler.errors import OutputExistsError, TileIncompleteError, TileSchemaError, TileStoreError
+from tiler.errors import (
+    CorruptChunkError,
+    OutputExistsError,
+    TileIncompleteError,
+    TileSchemaError,
+    TileStoreError,
+)
 
 if TYPE_CHECKING:
-    from zarr.abc.store import Store
+    from zarr.abc.store import ByteGetter, Store
+    from zarr.core.array_spec import ArraySpec
+    from zarr.core.buffer import NDBuffer
+    from zarr.core.indexing import SelectorTuple
 
 #: Version of the tile schema written into every store; bump on incompatible changes.
 SCHEMA_VERSION = "1"
@@ -337,9 +350,104 @@ def _set_status(url: str, status: str, storage_options: Mapping[str, Any] | None
         zarr.consolidate_metadata(store)
 
 
+def _store_url(store: Any) -> str:
+    """A readable URL of a Zarr store (a path for local stores, ``protocol://path`` for fsspec ones)."""
+    root = getattr(store, "root", None)
+    if root is not None:
+        return str(root)
+    fs = getattr(store, "fs", None)
+    path = getattr(store, "path", None)
+    if fs is not None and path is not None:
+        protocol = fs.protocol[0] if isinstance(fs.protocol, tuple | list) else fs.protocol
+        return f"{protocol}://{path}"
+    inner = getattr(store, "_store", None)  # wrapper stores
+    return _store_url(inner) if inner is not None else repr(store)
+
+
+def _chunk_of(key: str) -> tuple[str, tuple[int, ...]]:
+    """(variable, chunk indices) of a chunk key: ``s2/c/3/0/0/0`` (v3), ``s2/3.0.0.0`` (v2 style)."""
+    parts = key.strip("/").split("/")
+    indices: list[int] = []
+    while parts:
+        pieces = parts[-1].split(".")
+        if not all(p.isdigit() for p in pieces):
+            break
+        indices[:0] = [int(p) for p in pieces]
+        parts.pop()
+    if parts and parts[-1] == "c":  # v3 default encoding: "c" then one index per dimension
+        parts.pop()
+    return "/".join(parts) or "/", tuple(indices)
+
+
+class GuardedCodecPipeline(BatchedCodecPipeline):
+    """Zarr's own codec pipeline, turning a chunk that cannot be decoded into :class:`CorruptChunkError`.
+
+    A damaged chunk otherwise surfaces as whatever the codec raises (``RuntimeError: error during
+    blosc decompression: -1``) deep inside a dask or Zarr traceback, naming nothing. When a batch of
+    chunks fails, each of its chunks is fetched and decoded again on its own to find the damaged one;
+    failures to *fetch* (network, permissions: ``OSError``) are not corruption and pass unchanged.
+    """
+
+    async def read_batch(
+        self,
+        batch_info: Iterable[tuple[ByteGetter, ArraySpec, SelectorTuple, SelectorTuple, bool]],
+        out: NDBuffer,
+        drop_axes: tuple[int, ...] = (),
+    ) -> None:
+        batch = list(batch_info)
+        try:
+            await super().read_batch(batch, out, drop_axes)
+        except (OSError, CorruptChunkError):
+            raise
+        except Exception as err:  # codecs raise RuntimeError, ValueError, ...: find the chunk, re-raise
+            await self._name_corrupt_chunk(batch, err)
+            raise
+
+    async def _name_corrupt_chunk(
+        self,
+        batch: list[tuple[ByteGetter, ArraySpec, SelectorTuple, SelectorTuple, bool]],
+        err: Exception,
+    ) -> None:
+        for byte_getter, spec, *_ in batch:
+            try:
+                data = await byte_getter.get(prototype=spec.prototype)
+            except Exception:  # noqa: BLE001  (a fetch failure is not corruption: look on, re-raise err)
+                continue
+            if data is None:  # missing chunk: the fill value, nothing to decode
+                continue
+            try:
+                await self.decode_batch([(data, spec)])
+            except Exception as decode_err:  # noqa: BLE001  (whatever the codec raises)
+                variable, chunk = _chunk_of(str(getattr(byte_getter, "path", byte_getter)))
+                store = _store_url(getattr(byte_getter, "store", None))
+                reason = f"{type(decode_err).__name__}: {decode_err}".strip()
+                raise CorruptChunkError(store, variable, chunk, reason) from err
+
+
+zarr.registry.register_pipeline(GuardedCodecPipeline)
+_PIPELINE_PATH = f"{GuardedCodecPipeline.__module__}.{GuardedCodecPipeline.__qualname__}"
+_PIPELINE_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def guarded_reads() -> Iterator[None]:
+    """Zarr arrays opened inside this block name a corrupt chunk (:class:`CorruptChunkError`) when read.
+
+    Zarr binds the codec pipeline to an array when the array object is created, so the guard holds for
+    every later read of arrays opened here (also the lazy, dask-backed reads of :func:`open_tile`).
+    """
+    with _PIPELINE_LOCK, zarr.config.set({"codec_pipeline.path": _PIPELINE_PATH}):
+        yield
+
+
 def zarr_array(group: zarr.Group, name: str) -> zarr.Array:
-    """The array ``name`` of ``group`` (typed: ``group[name]`` may be an array or a subgroup)."""
-    array = group[name]
+    """The array ``name`` of ``group`` (typed: ``group[name]`` may be an array or a subgroup).
+
+    Reads of the returned array raise :class:`CorruptChunkError` naming the chunk if one cannot be
+    decoded.
+    """
+    with guarded_reads():
+        array = group[name]
     assert isinstance(array, zarr.Array), f"{name!r} is not a zarr array"
     return array
 
@@ -358,7 +466,11 @@ def open_tile(
     require: Sequence[str] = INPUT_VARIABLES,
     name: str | None = None,
 ) -> xr.Dataset:
-    """Open and validate a tile store (lazily: dask-backed). Refuses stores whose writer never finished."""
+    """Open and validate a tile store (lazily: dask-backed). Refuses stores whose writer never finished.
+
+    A chunk that cannot be decoded raises :class:`CorruptChunkError` naming the store, variable and
+    chunk: here for coordinates (read at open), at ``.load()`` / ``.values`` for the data variables.
+    """
     name = name or url
     status = tile_status(url, storage_options)
     if status == "missing":
@@ -372,11 +484,12 @@ def open_tile(
             "rerun the step that writes it (ingest, fit, or the campaign, which resumes)"
         )
     try:
-        ds = xr.open_zarr(
-            url,
-            zarr_format=3,
-            storage_options=dict(storage_options) if storage_options else None,
-        )
+        with guarded_reads():
+            ds = xr.open_zarr(
+                url,
+                zarr_format=3,
+                storage_options=dict(storage_options) if storage_options else None,
+            )
     except (OSError, ValueError, KeyError) as err:
         raise TileStoreError(f"tile {name!r}: cannot open {url!r} as a Zarr store: {err}") from err
     validate_tile(ds, name=name, require=require)

@@ -45,15 +45,23 @@ def fit_progress() -> Iterator[Callable[[str, Any], None]]:
         TextColumn("eta"),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, console=console, transient=False) as bar:
-        tasks: dict[str, Any] = {}
+    # Started on the first event, so an error raised before the fit begins (a missing or corrupt tile
+    # store) prints as one line, without an empty progress display before it.
+    bar = Progress(*columns, console=console, transient=False)
+    tasks: dict[str, Any] = {}
 
-        def update(stage: str, event: Any) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=event.total, loss="-")
-            bar.update(tasks[stage], completed=event.iteration, loss=f"{event.loss:.5f}")
+    def update(stage: str, event: Any) -> None:
+        if not tasks:
+            bar.start()
+        if stage not in tasks:
+            tasks[stage] = bar.add_task(stage, total=event.total, loss="-")
+        bar.update(tasks[stage], completed=event.iteration, loss=f"{event.loss:.5f}")
 
+    try:
         yield update
+    finally:
+        if tasks:
+            bar.stop()
 
 
 def parse_dates(value: str | None, n_dates: int) -> tuple[int, int]:
