@@ -3,14 +3,18 @@
 Three steps, each a pure function of store URLs, a key and a little configuration, so a driver can run
 the middle one as parallel tasks in any order:
 
-1. :func:`init_mosaic` writes the *template*: every variable's metadata and coordinates over the zone
-   extent of the campaign's tiles, the union of their dates, their bands, the CRS (``spatial_ref``), and
-   ``declouder_status = "writing"``. No imagery yet.
+1. :func:`init_mosaic_template` writes the *template* from the plan alone (no fitted tile is read):
+   every variable's metadata and coordinates over the block of cells of the zone's planned tiles, a
+   time axis fixed up front (:func:`campaign_times`: every UTC day of the campaign period), the bands,
+   the CRS (``spatial_ref``), and ``declouder_status = "writing"``. No imagery yet.
+   :func:`init_mosaic` does the same from fitted tiles (the union of their days, their bands).
 2. :func:`write_mosaic_region` writes one *region*: the cell a tile owns on the grid
-   (:attr:`tiler.grid.TileRef.cell_bounds`), keyed by that tile's id. The mosaic's Zarr chunks are
-   exactly these cells (one date, all bands, one cell per chunk), so two regions never write the same
-   chunk and need no locks. A cell holds its own tile plus the overlaps that reach into it from the
-   neighbours to the west, south and south-west; they are blended with smooth weights (below).
+   (:attr:`tiler.grid.TileRef.cell_bounds`), keyed by that tile's id. The imagery and quality arrays
+   are sharded Zarr v3: one shard per cell holds all its dates (inner chunks: one date, all bands, one
+   cell), so a region writes exactly one object per variable, two regions never write the same object
+   and need no locks, and dates without data are not stored at all (readers see the fill value, 0). A
+   cell holds its own tile plus the overlaps that reach into it from the neighbours to the west, south
+   and south-west; they are blended with smooth weights (below).
 3. :func:`finalize_mosaic` checks that every region of the campaign is written and marks the store
    ``complete``. Readers (:func:`open_mosaic`, the outputs) refuse a mosaic that is not.
 
@@ -23,10 +27,13 @@ one (four at a corner: the products still sum to one). Pixels without valid data
 0 = nodata, or a date the tile does not have) get no weight from it and the others are renormalised:
 at the edge of the area or next to a failed tile, the tile that is present gives the value on its own.
 
-Dates: the mosaic's time axis is the sorted union of the tiles' UTC *days* (a tile date maps to its day;
-neighbouring tiles see the same satellite pass on the same day, with timestamps seconds apart). A tile
-must not hold two dates on one day (ingest merges same-day granules). Where no tile covering a pixel has
-a date, that pixel is nodata (0) on that date, and its quality value is nodata too.
+Dates: the mosaic's time axis is a list of UTC *days* fixed by the template: for a campaign, every day
+of its period (:func:`campaign_times`), so it is known before any tile is fitted; for
+:func:`init_mosaic`, the sorted union of the fitted tiles' days. A tile date maps to its day
+(neighbouring tiles see the same satellite pass on the same day, with timestamps seconds apart) and
+must be on the axis. A tile must not hold two dates on one day (ingest merges same-day granules). Where
+no tile covering a pixel has a date, that pixel is nodata (0) on that date, and its quality value is
+nodata too; a day on which no tile of a cell has data is not stored in that cell's shard.
 
 Quality layer ``clear_distance_days`` (time, y, x, uint16): days from the date to the nearest date on
 which the pixel was observed clear (0 = observed clear that day), from the tiles' ``mask_refined`` when
@@ -36,11 +43,13 @@ so. 65534 = never observed clear, 65535 = no imagery (see :mod:`tiler.quality`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 import dask.array as da
@@ -48,6 +57,8 @@ import fsspec
 import numpy as np
 import xarray as xr
 import zarr
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.sync import sync
 
 from tiler.errors import (
     MosaicError,
@@ -84,13 +95,29 @@ MASK_REFINED = "mask_refined"
 REGION_EXPECTED = "region_expected"
 #: Which cells are written (1): one chunk per cell, so parallel regions never share a chunk.
 REGION_WRITTEN = "region_written"
-#: Version of this store layout, in the attributes of every mosaic.
-MOSAIC_VERSION = "1"
+#: Which days of the time axis a cell has imagery on (cell_row, cell_col, time; 1 = some pixel has data):
+#: one chunk per cell, written by its region. Finalize sums it into :data:`DAYS_WITH_DATA_ATTR`.
+REGION_DAYS = "region_days"
+#: Version of this store layout, in the attributes of every mosaic ("1": one chunk per date × cell;
+#: "2": imagery and quality sharded by cell, ``region_days``).
+MOSAIC_VERSION = "2"
+#: Store layouts: "sharded" (one shard object per cell and variable holding all its dates; the default)
+#: or "chunked" (one object per date × cell: the layout of version 1, kept for comparison and tests).
+LAYOUTS = ("sharded", "chunked")
+Layout = Literal["sharded", "chunked"]
+#: Attribute set by finalize: the ISO days on which any cell has data (outputs write those dates).
+DAYS_WITH_DATA_ATTR = "mosaic_days_with_data"
+#: Bytes of blended uint16 imagery a region holds before writing them into its shard. Most cells
+#: (~73 dates × 10 bands × 352×736 px ≈ 380 MB at most) are written in one or two shard writes; a
+#: write that does not cover the whole shard reads the shard back first (zarr merges encoded chunks).
+REGION_WRITE_BUDGET_BYTES = 256 * 2**20
 #: Attributes holding the grid a mosaic was built on, its dates (ISO days) and bands, as JSON: region
 #: tasks read them from the store's one metadata document instead of decoding coordinate arrays.
 GRID_ATTR = "mosaic_grid"
 DATES_ATTR = "mosaic_dates"
 BANDS_ATTR = "mosaic_bands"
+#: The store layout (:data:`LAYOUTS`); absent in version 1 stores, which are "chunked".
+LAYOUT_ATTR = "mosaic_layout"
 #: Dates blended per step of a region: bounds memory (a 352×736 cell of 13 bands is 13 MB per date in
 #: float32, twice: sums and weights) while each read and write moves several chunks concurrently.
 DATES_PER_BATCH = 4
@@ -102,6 +129,9 @@ MOSAIC_COMPRESSOR = COMPRESSOR
 GRID_TOLERANCE_M = 1e-3
 #: Day numbers of the time axis: calendar days (UTC) since the epoch.
 DAY = np.timedelta64(1, "D")
+#: Longest time axis a template accepts: 20 years of days (a campaign period is months to a few years;
+#: a longer axis is a mistake in the dates, and every cell's shard index grows with it).
+MAX_TIME_AXIS_DAYS = 20 * 366
 
 Progress = Callable[[int, int, str], None]
 StorageOptions = Mapping[str, Any] | None
@@ -369,6 +399,9 @@ class MosaicInfo:
     bands: tuple[str, ...]
     status: str
     n_regions: int
+    layout: Layout = "chunked"
+    #: Days on which some cell has data (set by finalize; None before, or in a version 1 store).
+    days_with_data: tuple[np.datetime64, ...] | None = None
 
     @property
     def epsg(self) -> int:
@@ -387,6 +420,146 @@ class RegionSummary:
     skipped: bool = False
 
 
+TimeLike = str | date | datetime | np.datetime64
+
+
+def _as_day(value: TimeLike) -> np.datetime64:
+    if isinstance(value, datetime):
+        value = value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo else value
+    return np.datetime64(value, "D")  # type: ignore[call-overload]  # numpy stubs lack (date, unit)
+
+
+def campaign_times(start: TimeLike, end: TimeLike) -> np.ndarray:
+    """The time axis of a campaign's mosaics: every UTC day from ``start`` to ``end`` inclusive.
+
+    Fixed from the campaign's period alone, so each zone's template can be written before any tile is
+    fitted, and every tile date of the campaign falls on it. Returns ``datetime64[ns]`` at 00:00 UTC.
+    """
+    first, last = _as_day(start), _as_day(end)
+    if last < first:
+        raise MosaicError(f"campaign period {first} .. {last}: the end is before the start; swap them")
+    n_days = int((last - first) // DAY) + 1
+    if n_days > MAX_TIME_AXIS_DAYS:
+        raise MosaicError(
+            f"campaign period {first} .. {last} is {n_days} days, more than the {MAX_TIME_AXIS_DAYS} a "
+            "mosaic's time axis holds; split the campaign into shorter periods"
+        )
+    return (first + np.arange(n_days) * DAY).astype("datetime64[ns]")
+
+
+def _time_axis(mosaic_url: str, times: Sequence[TimeLike] | np.ndarray) -> np.ndarray:
+    values = np.asarray(times)
+    days = (
+        values.astype("datetime64[D]")
+        if np.issubdtype(values.dtype, np.datetime64)
+        else np.array([_as_day(t) for t in values.tolist()], dtype="datetime64[D]")
+    )
+    if days.size == 0:
+        raise MosaicError(f"mosaic {mosaic_url!r}: the time axis is empty; pass campaign_times(start, end)")
+    if np.unique(days).size != days.size:
+        raise MosaicError(
+            f"mosaic {mosaic_url!r}: the time axis holds a day twice ({_duplicate_days(days)}); the "
+            "axis is by UTC day: pass each day once"
+        )
+    if days.size > MAX_TIME_AXIS_DAYS:
+        raise MosaicError(
+            f"mosaic {mosaic_url!r}: a time axis of {days.size} days is longer than the "
+            f"{MAX_TIME_AXIS_DAYS} a mosaic holds; split the campaign into shorter periods"
+        )
+    return np.sort(days).astype("datetime64[ns]")
+
+
+def init_mosaic_template(
+    mosaic_url: str,
+    keys: Iterable[str],
+    times: Sequence[TimeLike] | np.ndarray,
+    bands: Sequence[str],
+    *,
+    size: tuple[int, int] = DEFAULT_TILE_SIZE,
+    overlap: int = DEFAULT_OVERLAP,
+    resolution: float = DEFAULT_RESOLUTION,
+    ramp: Ramp = "cosine",
+    storage_options: StorageOptions = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    layout: Layout = "sharded",
+) -> MosaicInfo:
+    """Write a zone's mosaic template from the plan: no fitted tile is read.
+
+    ``keys`` are the planned tile ids of one UTM zone (the regions finalize expects; pass the whole
+    plan so that cells of failed tiles still get their neighbours' overlaps), ``times`` the time axis
+    (a campaign passes :func:`campaign_times` of its period; any dates are taken by UTC day, sorted),
+    ``bands`` the band list every fitted tile will have. Writes metadata and coordinates only, in time
+    independent of the number of fitted tiles. An existing store is refused unless ``overwrite``
+    (replace it) or ``resume`` (keep it if its template is the same, so regions already written stay;
+    a different template is refused with :class:`OutputExistsError`).
+    """
+    if layout not in LAYOUTS:
+        raise MosaicError(f"mosaic {mosaic_url!r}: layout {layout!r} is not one of {LAYOUTS}")
+    key_tiles = list(
+        _parse_tile_ids(dict.fromkeys(keys, ""), size=size, overlap=overlap, resolution=resolution)
+    )
+    if not key_tiles:
+        raise MosaicError(f"mosaic {mosaic_url!r}: no region keys given; pass the zone's planned tile ids")
+    grid = MosaicGrid.covering(key_tiles, ramp=ramp)  # refuses keys of another zone, naming them
+    band_list = tuple(str(b) for b in bands)
+    if not band_list or len(set(band_list)) != len(band_list):
+        raise MosaicError(
+            f"mosaic {mosaic_url!r}: bands {list(band_list)} must be a non-empty list without repeats"
+        )
+    day_axis = _time_axis(mosaic_url, times)
+    status = tile_status(mosaic_url, storage_options)
+    if status != "missing":
+        if not (resume or overwrite):
+            raise OutputExistsError(
+                f"mosaic {mosaic_url!r} already exists ({status}); pass resume (keep written regions) or "
+                "overwrite (CLI: --resume / --overwrite)"
+            )
+        if resume and not overwrite:
+            existing = mosaic_info(mosaic_url, storage_options=storage_options)
+            same = (
+                existing.grid == grid
+                and existing.bands == band_list
+                and np.array_equal(np.array(existing.times, dtype="datetime64[ns]"), day_axis)
+                and existing.layout == layout
+                and existing.n_regions == len(set(key_tiles))
+            )
+            if same:
+                return existing
+            raise OutputExistsError(
+                f"mosaic {mosaic_url!r} exists with another template (grid, bands, dates or layout differ "
+                "from these); resume needs the same plan: pass overwrite to start it again"
+            )
+        if status == "complete":  # a delete cut short must not leave a "complete" flag on half a store
+            _set_status(mosaic_url, STATUS_WRITING, storage_options)
+        fs, path = fsspec.core.url_to_fs(mosaic_url, **dict(storage_options or {}))
+        fs.rm(path, recursive=True)
+
+    template = _template(grid, day_axis, band_list, key_tiles, layout)
+    # As the tile store does: without a ``grid_mapping`` encoding, xarray lists ``spatial_ref`` in each
+    # variable's ``coordinates``, so plain ``xr.open_zarr`` brings it back as a coordinate and
+    # rioxarray finds the CRS.
+    for variable in template.variables.values():
+        variable.encoding = {}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*Consolidated metadata.*")
+        warnings.filterwarnings("ignore", message=".*vlen-utf8.*")
+        # The imagery, quality and region arrays are lazy placeholders of one dask chunk each:
+        # compute=False writes their metadata only, whatever the zone's size.
+        template.to_zarr(
+            mosaic_url,
+            mode="w",
+            compute=False,
+            zarr_format=3,
+            consolidated=True,
+            encoding=_encoding(grid, len(band_list), day_axis.size, layout),
+            storage_options=dict(storage_options) if storage_options else None,
+        )
+    return MosaicInfo(
+        mosaic_url, grid, tuple(day_axis), band_list, STATUS_WRITING, len(set(key_tiles)), layout
+    )
+
+
 def init_mosaic(
     mosaic_url: str,
     tiles: Mapping[str, str],
@@ -400,15 +573,17 @@ def init_mosaic(
     overwrite: bool = False,
     resume: bool = False,
     progress: Progress | None = None,
+    layout: Layout = "sharded",
 ) -> MosaicInfo:
-    """Write the template of a zone's mosaic: coordinates, CRS, dates, bands; no imagery.
+    """Write the template of a zone's mosaic from fitted tiles: their days' union and their bands.
 
     ``tiles`` maps grid tile ids to fitted tile store URLs (all of one UTM zone); every tile is checked
     (complete, fitted, same bands, on the grid) and its dates join the time axis. ``keys`` are the tile
     ids whose cells the mosaic will hold (the regions finalize expects); default: the ids of ``tiles``.
     Pass the whole campaign's ids as ``keys`` so that cells of failed tiles still get their neighbours'
     overlaps. An existing store is refused unless ``overwrite`` (replace it) or ``resume`` (keep it if
-    its template matches, so regions already written stay).
+    its template matches, so regions already written stay). This reads every tile, one after the
+    other: a campaign writes its templates with :func:`init_mosaic_template` from the plan instead.
     """
     parsed = _parse_tile_ids(tiles, size=size, overlap=overlap, resolution=resolution)
     key_tiles = (
@@ -417,7 +592,6 @@ def init_mosaic(
         else list(_parse_tile_ids({k: "" for k in keys}, size=size, overlap=overlap, resolution=resolution))
     )
     MosaicGrid.covering([*key_tiles, *parsed])  # refuses tiles or keys of another zone, naming them
-    grid = MosaicGrid.covering(key_tiles, ramp=ramp)
     status = tile_status(mosaic_url, storage_options)
     if status != "missing" and not (resume or overwrite):  # refuse before reading any tile
         raise OutputExistsError(
@@ -441,68 +615,55 @@ def init_mosaic(
             )
     days = np.array(sorted({d for item in fitted for d in item.days}), dtype=np.int64)
     times = (days * DAY + np.datetime64(0, "D")).astype("datetime64[ns]")
-
-    if status != "missing":
-        if resume and not overwrite:
-            existing = mosaic_info(mosaic_url, storage_options=storage_options)
-            if existing.grid == grid and existing.bands == bands and np.array_equal(existing.times, times):
-                return existing
-            raise OutputExistsError(
-                f"mosaic {mosaic_url!r} exists with another template (grid, bands or dates differ from "
-                "these tiles); resume needs the same tiles: pass overwrite to start it again"
-            )
-        if status == "complete":  # a delete cut short must not leave a "complete" flag on half a store
-            _set_status(mosaic_url, STATUS_WRITING, storage_options)
-        fs, path = fsspec.core.url_to_fs(mosaic_url, **dict(storage_options or {}))
-        fs.rm(path, recursive=True)
-
-    template = _template(grid, times, bands, key_tiles)
-    # As the tile store does: without a ``grid_mapping`` encoding, xarray lists ``spatial_ref`` in each
-    # variable's ``coordinates``, so plain ``xr.open_zarr`` brings it back as a coordinate and
-    # rioxarray finds the CRS.
-    for variable in template.variables.values():
-        variable.encoding = {}
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*Consolidated metadata.*")
-        warnings.filterwarnings("ignore", message=".*vlen-utf8.*")
-        template.to_zarr(
+    try:
+        return init_mosaic_template(
             mosaic_url,
-            mode="w",
-            compute=False,
-            zarr_format=3,
-            consolidated=True,
-            encoding=_encoding(grid, len(bands)),
-            storage_options=dict(storage_options) if storage_options else None,
+            [t.tile_id for t in key_tiles],
+            times,
+            bands,
+            size=size,
+            overlap=overlap,
+            resolution=resolution,
+            ramp=ramp,
+            storage_options=storage_options,
+            resume=resume,
+            overwrite=overwrite,
+            layout=layout,
         )
-    return MosaicInfo(mosaic_url, grid, tuple(times), bands, STATUS_WRITING, len(set(key_tiles)))
+    except OutputExistsError as err:
+        if "another template" not in str(err):
+            raise
+        raise OutputExistsError(
+            f"mosaic {mosaic_url!r} exists with another template (grid, bands or dates differ from "
+            "these tiles); resume needs the same tiles: pass overwrite to start it again"
+        ) from None
 
 
 def _template(
-    grid: MosaicGrid, times: np.ndarray, bands: Sequence[str], keys: Sequence[TileRef]
+    grid: MosaicGrid, times: np.ndarray, bands: Sequence[str], keys: Sequence[TileRef], layout: Layout
 ) -> xr.Dataset:
     y, x = grid.coords()
     height, width = grid.shape
-    cell_h, cell_w = grid.cell_shape
     n_time, n_band = times.size, len(bands)
     expected = np.zeros((grid.n_rows, grid.n_cols), dtype=np.uint8)
-    for tile in keys:
-        expected[grid.cell_index(tile)] = 1
+    rows = [grid.cell_index(tile) for tile in keys]
+    expected[tuple(np.array(rows).T)] = 1
+    cells = (grid.n_rows, grid.n_cols)
     ds = xr.Dataset(
         {
             DECLOUDED: (
                 ("time", "band", "y", "x"),
-                da.zeros(
-                    (n_time, n_band, height, width), dtype=np.uint16, chunks=(1, n_band, cell_h, cell_w)
-                ),
+                da.zeros((n_time, n_band, height, width), dtype=np.uint16, chunks=-1),
             ),
             QUALITY: (
                 ("time", "y", "x"),
-                da.full((n_time, height, width), QUALITY_NODATA, dtype=np.uint16, chunks=(1, cell_h, cell_w)),
+                da.full((n_time, height, width), QUALITY_NODATA, dtype=np.uint16, chunks=-1),
             ),
             REGION_EXPECTED: (("cell_row", "cell_col"), expected),
-            REGION_WRITTEN: (
-                ("cell_row", "cell_col"),
-                da.zeros((grid.n_rows, grid.n_cols), dtype=np.uint8, chunks=(1, 1)),
+            REGION_WRITTEN: (("cell_row", "cell_col"), da.zeros(cells, dtype=np.uint8, chunks=-1)),
+            REGION_DAYS: (
+                ("cell_row", "cell_col", "time"),
+                da.zeros((*cells, n_time), dtype=np.uint8, chunks=-1),
             ),
         },
         coords={"time": times, "band": np.array(list(bands), dtype=object), "y": y, "x": x},
@@ -512,9 +673,13 @@ def _template(
             GRID_ATTR: grid.to_attrs(),
             DATES_ATTR: json.dumps([str(d) for d in times.astype("datetime64[D]")]),
             BANDS_ATTR: json.dumps(list(bands)),
+            LAYOUT_ATTR: layout,
             "mosaic_version": MOSAIC_VERSION,
             "software_version": _software_version(),
-            "time_rule": "union of the fitted tiles' UTC days; nodata where no covering tile has the day",
+            "time_rule": (
+                "UTC days fixed by the template (a campaign: every day of its period); a tile date "
+                "maps to its day; nodata (0) where no covering tile has the day"
+            ),
         },
     )
     ds[DECLOUDED].attrs.update(
@@ -528,24 +693,29 @@ def _template(
     )
     ds[REGION_EXPECTED].attrs["long_name"] = "cells of the campaign's tiles (1), north-up"
     ds[REGION_WRITTEN].attrs["long_name"] = "cells whose region is written (1), north-up"
+    ds[REGION_DAYS].attrs["long_name"] = "days on which the cell has imagery (1), north-up"
     return georeference(ds, grid.epsg)
 
 
-def _encoding(grid: MosaicGrid, n_band: int) -> dict[str, dict[str, Any]]:
+def _encoding(grid: MosaicGrid, n_band: int, n_time: int, layout: Layout) -> dict[str, dict[str, Any]]:
     cell_h, cell_w = grid.cell_shape
+    sharded = layout == "sharded"
     return {
         DECLOUDED: {
             "chunks": (1, n_band, cell_h, cell_w),
+            **({"shards": (n_time, n_band, cell_h, cell_w)} if sharded else {}),
             "compressors": (MOSAIC_COMPRESSOR,),
             "fill_value": S2_NODATA,
         },
         QUALITY: {
             "chunks": (1, cell_h, cell_w),
+            **({"shards": (n_time, cell_h, cell_w)} if sharded else {}),
             "compressors": (MOSAIC_COMPRESSOR,),
             "fill_value": QUALITY_NODATA,
         },
         REGION_EXPECTED: {"chunks": (grid.n_rows, grid.n_cols), "fill_value": 0},
         REGION_WRITTEN: {"chunks": (1, 1), "fill_value": 0},
+        REGION_DAYS: {"chunks": (1, 1, n_time), "compressors": (MOSAIC_COMPRESSOR,), "fill_value": 0},
     }
 
 
@@ -577,6 +747,16 @@ def mosaic_info(mosaic_url: str, *, storage_options: StorageOptions = None) -> M
         bands=tuple(json.loads(str(attrs[BANDS_ATTR]))),
         status=str(attrs.get(STATUS_ATTR)),
         n_regions=int(np.asarray(zarr_array(group, REGION_EXPECTED)[...]).sum()),
+        layout=cast(Layout, str(attrs.get(LAYOUT_ATTR, "chunked"))),
+        days_with_data=(
+            tuple(
+                np.array(json.loads(str(attrs[DAYS_WITH_DATA_ATTR])), dtype="datetime64[D]").astype(
+                    "datetime64[ns]"
+                )
+            )
+            if DAYS_WITH_DATA_ATTR in attrs
+            else None
+        ),
     )
 
 
@@ -594,8 +774,11 @@ def write_mosaic_region(
 
     ``tiles`` maps tile ids to fitted tile store URLs; only the (up to four) tiles that reach into the
     cell are opened, so the whole campaign's mapping can be passed to every task. A tile absent from it
-    (a failed fit) simply contributes nothing. A region already written is refused unless ``resume``
-    (skip it) or ``overwrite`` (write it again). Safe to run in parallel with other keys, in any order.
+    (a failed fit) simply contributes nothing. Every date of a contributing tile must be a day of the
+    mosaic's time axis. Only the days on which a contributing tile has a date are computed and written,
+    all into the cell's one shard per variable (a day without data stays unstored: fill value 0). A
+    region already written is refused unless ``resume`` (skip it) or ``overwrite`` (write it again,
+    clearing the days it no longer has). Safe to run in parallel with other keys, in any order.
     """
     started = time.perf_counter()
     info = mosaic_info(mosaic_url, storage_options=storage_options)
@@ -605,7 +788,8 @@ def write_mosaic_region(
     group = zarr.open_group(zarr_store(mosaic_url, storage_options), mode="r+")
     i, j = grid.cell_index(cell)
     written = bool(zarr_array(group, REGION_WRITTEN)[i, j])
-    if info.status == STATUS_COMPLETE or written:
+    rewrite = info.status == STATUS_COMPLETE or written
+    if rewrite:
         if resume and not overwrite:
             return RegionSummary(key_id, (), 0, 0, time.perf_counter() - started, skipped=True)
         if not overwrite:
@@ -621,25 +805,46 @@ def write_mosaic_region(
     y_cell, x_cell = grid.cell_window(cell)
     cell_h, cell_w = grid.cell_shape
     n_band = len(info.bands)
-    mosaic_days = np.array(info.times, dtype="datetime64[D]").astype(np.int64)
-    day_index = {int(d): t for t, d in enumerate(mosaic_days)}
+    axis_days = np.array(info.times, dtype="datetime64[D]").astype(np.int64)
+    day_index = {int(d): t for t, d in enumerate(axis_days)}
     for item in contributors:
         missing = [d for d in item.tile.days if d not in day_index]
         if missing:
             raise TileMismatchError(
                 f"tile {item.tile.tile.tile_id!r}: date {np.datetime64(missing[0], 'D')} is not on the "
-                f"time axis of mosaic {mosaic_url!r} (the tile was refitted after init_mosaic?); run "
-                "init_mosaic again with overwrite"
+                f"time axis of mosaic {mosaic_url!r} ({np.datetime64(int(axis_days[0]), 'D')} .. "
+                f"{np.datetime64(int(axis_days[-1]), 'D')}, {axis_days.size} days): the tile holds a date "
+                "outside the campaign period, or was refitted after init_mosaic; write the template "
+                "again with overwrite over a time axis that holds it"
             )
+    # Only the days some contributor has: on a campaign's day axis most days of a cell are empty.
+    present = sorted({d for item in contributors for d in item.tile.days})
+    positions = [day_index[d] for d in present]
+    present_index = {d: k for k, d in enumerate(present)}
+    imagery = zarr_array(group, DECLOUDED)
+    quality_array = zarr_array(group, QUALITY)
+    region_days = zarr_array(group, REGION_DAYS) if REGION_DAYS in group else None
+    imagery_writer = _CellWriter(imagery, (slice(None), y_cell, x_cell))
+    quality_writer = _CellWriter(quality_array, (y_cell, x_cell))
+    if rewrite and imagery.shards is None:
+        # Chunked layout: days the old write had and this one does not must not keep the old values
+        # (a sharded cell is replaced whole by its one shard write).
+        before = (
+            np.flatnonzero(np.asarray(region_days[i, j, :]))
+            if region_days is not None
+            else np.arange(axis_days.size)
+        )
+        stale = sorted(set(before.tolist()) - set(positions))
+        _fill_days(imagery, stale, (slice(None), y_cell, x_cell))
+        _fill_days(quality_array, stale, (y_cell, x_cell))
 
-    clear = np.zeros((len(mosaic_days), cell_h, cell_w), dtype=bool)
+    clear = np.zeros((len(present), cell_h, cell_w), dtype=bool)
     covered = np.zeros_like(clear)
     for item in contributors:
-        item.add_clear(clear, day_index)
-    imagery = zarr_array(group, DECLOUDED)
-    dates_written = 0
-    for t0 in range(0, len(mosaic_days), DATES_PER_BATCH):
-        batch = [int(d) for d in mosaic_days[t0 : t0 + DATES_PER_BATCH]]
+        item.add_clear(clear, present_index)
+    has_data = np.zeros(len(present), dtype=bool)
+    for k0 in range(0, len(present), DATES_PER_BATCH):
+        batch = present[k0 : k0 + DATES_PER_BATCH]
         total = np.zeros((len(batch), n_band, cell_h, cell_w), dtype=np.float32)
         weight = np.zeros_like(total)
         for item in contributors:
@@ -647,17 +852,24 @@ def write_mosaic_region(
         has = weight > 0
         np.divide(total, weight, out=total, where=has)  # renormalise: weights of valid tiles sum to one
         out = np.rint(total, out=total).astype(np.uint16)  # 0 (nodata) where no tile has data
-        covered[t0 : t0 + len(batch)] = has.any(axis=1)
-        present = has.any(axis=(1, 2, 3))
-        dates_written += int(present.sum())
-        if present.any() or overwrite:  # else nothing to write (and, when overwriting, old data to clear)
-            imagery[t0 : t0 + len(batch), :, y_cell, x_cell] = out
+        del total, weight
+        covered[k0 : k0 + len(batch)] = has.any(axis=1)
+        has_data[k0 : k0 + len(batch)] = has.any(axis=(1, 2, 3))
+        imagery_writer.add(positions[k0 : k0 + len(batch)], out)
         if progress is not None:
-            progress(t0 + len(batch), len(mosaic_days), f"region {key_id}")
+            progress(k0 + len(batch), len(present), f"region {key_id}")
+    imagery_writer.commit()
 
-    quality = clear_distance_days(clear & covered, mosaic_days, covered=covered)
-    zarr_array(group, QUALITY)[:, y_cell, x_cell] = quality
+    if present:
+        quality = clear_distance_days(clear & covered, np.array(present, dtype=np.int64), covered=covered)
+        quality_writer.add(positions, quality)
+    quality_writer.commit()
+    if region_days is not None:
+        days_vector = np.zeros(axis_days.size, dtype=np.uint8)
+        days_vector[np.array(positions, dtype=np.int64)[has_data]] = 1
+        region_days[i, j, :] = days_vector
     zarr_array(group, REGION_WRITTEN)[i, j] = 1
+    dates_written = int(has_data.sum())
     return RegionSummary(
         key=key_id,
         tiles=tuple(item.tile.tile.tile_id for item in contributors),
@@ -665,6 +877,117 @@ def write_mosaic_region(
         bytes_written=dates_written * n_band * cell_h * cell_w * np.dtype(np.uint16).itemsize,
         seconds=time.perf_counter() - started,
     )
+
+
+class _CellWriter:
+    """Writes one cell's dates of an imagery or quality array in as few store writes as memory allows.
+
+    Sharded layout: the dates are staged in an in-memory copy of the cell's shard (same codecs), in
+    spans of consecutive days of at most :data:`REGION_WRITE_BUDGET_BYTES`, and :meth:`commit` puts
+    the finished shard object into the store once (or deletes it when the cell has no data), replacing
+    whatever an earlier write of the region left there. Days not given stay the fill value, which zarr
+    does not store. Chunked layout (version 1): dates are written straight into their chunks.
+    """
+
+    def __init__(self, array: zarr.Array, window: tuple[slice, ...]) -> None:
+        self.array = array
+        self.window = window
+        self.plane_shape = tuple(
+            (s.stop - s.start) if s.start is not None else array.shape[k + 1] for k, s in enumerate(window)
+        )
+        self.dtype = np.dtype(array.dtype)
+        self.fill = array.fill_value
+        plane_bytes = int(np.prod(self.plane_shape)) * self.dtype.itemsize
+        self.span_days = max(1, REGION_WRITE_BUDGET_BYTES // plane_bytes)
+        self.shards = array.shards
+        self.stage: zarr.Array | None = None
+        if self.shards is not None:
+            if tuple(self.shards) != (array.shape[0], *self.plane_shape):
+                raise MosaicError(
+                    f"mosaic array {array.path!r}: shards {self.shards} are not one cell with all dates "
+                    f"({(array.shape[0], *self.plane_shape)}); rewrite the template"
+                )
+            self.stage = zarr.create_array(
+                zarr.storage.MemoryStore(),
+                shape=tuple(self.shards),
+                chunks=array.chunks,
+                shards=tuple(self.shards),
+                dtype=array.dtype,
+                fill_value=array.fill_value,
+                compressors=array.compressors,
+                filters=array.filters,
+                serializer=array.serializer or "auto",
+            )
+        self.span_start = 0
+        self.span: np.ndarray | None = None
+        self.last = -1
+        self.positions: list[int] = []
+        self.planes: list[np.ndarray] = []
+        self.nbytes = 0
+
+    def add(self, positions: Sequence[int], values: np.ndarray) -> None:
+        """Days ``positions`` (increasing, after any given before) of the time axis get ``values``."""
+        if self.stage is None:
+            self.positions.extend(positions)
+            self.planes.append(values)
+            self.nbytes += values.nbytes
+            if self.nbytes >= REGION_WRITE_BUDGET_BYTES:
+                self._flush()
+            return
+        for position, plane in zip(positions, values, strict=True):
+            if self.span is None or position >= self.span_start + self.span.shape[0]:
+                self._flush()
+                length = min(self.span_days, self.array.shape[0] - position)
+                self.span_start = position
+                self.span = (
+                    np.zeros((length, *self.plane_shape), self.dtype)  # untouched pages cost nothing
+                    if self.fill == 0
+                    else np.full((length, *self.plane_shape), self.fill, self.dtype)
+                )
+            self.span[position - self.span_start] = plane
+            self.last = position
+
+    def _flush(self) -> None:
+        if self.stage is not None:
+            if self.span is not None:
+                used = self.last - self.span_start + 1
+                self.stage[self.span_start : self.span_start + used] = self.span[:used]
+                self.span = None
+            return
+        if self.positions:
+            values = self.planes[0] if len(self.planes) == 1 else np.concatenate(self.planes)
+            selection = cast("OrthogonalSelection", (list(self.positions), *self.window))
+            self.array.set_orthogonal_selection(selection, values)
+            self.positions, self.planes, self.nbytes = [], [], 0
+
+    def commit(self) -> None:
+        """Write what is pending; sharded: put the cell's shard into the store in one write."""
+        self._flush()
+        if self.stage is None or self.shards is None:
+            return
+        coords = tuple(
+            (s.start or 0) // size
+            for s, size in zip((slice(0, None), *self.window), self.shards, strict=True)
+        )
+        stage_key = self.stage.metadata.encode_chunk_key((0,) * len(coords))
+        data = sync(self.stage.store.get(stage_key, default_buffer_prototype()))
+        key = f"{self.array.path}/{self.array.metadata.encode_chunk_key(coords)}"
+        if data is not None:
+            sync(self.array.store.set(key, data))
+        else:  # no data in this cell at all: nothing stored (an earlier write's shard goes)
+            with contextlib.suppress(FileNotFoundError):
+                sync(self.array.store.delete(key))
+
+
+def _fill_days(array: zarr.Array, positions: Sequence[int], window: tuple[slice, ...]) -> None:
+    """Set the days ``positions`` of one cell of a chunked array to its fill value (then not stored)."""
+    if not positions:
+        return
+    writer = _CellWriter(array, window)
+    shape = (1, *writer.plane_shape)
+    for position in positions:
+        writer.add([position], np.full(shape, array.fill_value, dtype=writer.dtype))
+    writer.commit()
 
 
 def _key_tile(key_id: str, grid: MosaicGrid) -> TileRef:
@@ -812,14 +1135,22 @@ def finalize_mosaic(mosaic_url: str, *, storage_options: StorageOptions = None) 
             f"({', '.join(names)}{more}); run write_mosaic_region for them (the campaign resumes), "
             "then finalize again"
         )
-    _set_status(mosaic_url, STATUS_COMPLETE, storage_options)
+    extra: dict[str, str] = {}
+    if REGION_DAYS in group:
+        # One concurrent read of every cell's small day vector: which days hold data anywhere.
+        with_data = np.asarray(zarr_array(group, REGION_DAYS)[...]).any(axis=(0, 1))
+        days = np.array(info.times, dtype="datetime64[D]")[with_data]
+        extra[DAYS_WITH_DATA_ATTR] = json.dumps([str(d) for d in days])
+    _set_status(mosaic_url, STATUS_COMPLETE, storage_options, extra)
     return mosaic_info(mosaic_url, storage_options=storage_options)
 
 
-def _set_status(url: str, status: str, storage_options: StorageOptions) -> None:
+def _set_status(
+    url: str, status: str, storage_options: StorageOptions, extra: Mapping[str, str] | None = None
+) -> None:
     store = zarr_store(url, storage_options)
     group = zarr.open_group(store, mode="r+")
-    group.attrs[STATUS_ATTR] = status
+    group.attrs.update({STATUS_ATTR: status, **(extra or {})})
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*Consolidated metadata.*")
         zarr.consolidate_metadata(store)

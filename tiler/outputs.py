@@ -8,8 +8,8 @@ local path or any fsspec URL, and refuse to replace an existing file unless ``ov
   at one row of cells whatever the zone's size. Each file is checked with ``rio_cogeo.cog_validate``.
 - :func:`write_quicklooks`: RGB PNGs (B04, B03, B02 by default), a 2–98 % percentile stretch per band
   over valid pixels, transparent where there is no data, at most ``max_size`` pixels on a side.
-- :func:`write_stac`: a collection with one item per date, its geometry the footprint of the mosaic's
-  cells in lon/lat, the projection extension's fields, and assets for the Zarr store, the COG and the
+- :func:`write_stac`: a collection with one item per date with data, its geometry the footprint of the
+  mosaic's cells in lon/lat, the projection extension's fields, and assets for the Zarr store, the COG and the
   quicklook of that date. :func:`validate_stac` checks them against the STAC core JSON schemas that
   pystac bundles, which works offline.
 """
@@ -76,9 +76,17 @@ def _day(value: np.datetime64) -> str:
     return str(np.datetime64(value, "D"))  # type: ignore[call-overload]  # numpy stubs lack (datetime64, unit)
 
 
-def _select_dates(ds: xr.Dataset, dates: Sequence[str] | None) -> list[int]:
+def _select_dates(ds: xr.Dataset, dates: Sequence[str] | None, info: MosaicInfo | None = None) -> list[int]:
+    """Indices of ``dates`` on the time axis; by default the days with data (all, in a version 1 store).
+
+    On a campaign's day axis most days hold no imagery anywhere in the zone: no output is written
+    for them.
+    """
     available = [_day(t) for t in ds["time"].values]
     if dates is None:
+        if info is not None and info.days_with_data is not None:
+            with_data = {_day(t) for t in info.days_with_data}
+            return [k for k, day in enumerate(available) if day in with_data]
         return list(range(len(available)))
     indices = []
     for date in dates:
@@ -146,7 +154,7 @@ def write_cogs(
         "compress": "DEFLATE",
     }
     written: dict[str, str] = {}
-    indices = _select_dates(ds, dates)
+    indices = _select_dates(ds, dates, info)
     with tempfile.TemporaryDirectory(prefix="declouder-cog-") as tmp:
         for done, t in enumerate(indices):
             day = _day(ds["time"].values[t])
@@ -227,7 +235,7 @@ def write_quicklooks(
     fs, root = fsspec.core.url_to_fs(out_dir, **dict(out_storage_options or {}))
     fs.makedirs(root, exist_ok=True)
     written: dict[str, str] = {}
-    indices = _select_dates(ds, dates)
+    indices = _select_dates(ds, dates, info)
     for done, t in enumerate(indices):
         day = _day(ds["time"].values[t])
         name = f"{_stem(info)}_{day}.png"
@@ -302,7 +310,7 @@ def write_stac(
     footprint = mosaic_footprint(mosaic_url, storage_options=storage_options)
     geometry = shapely.geometry.mapping(shapely.set_precision(footprint, 1e-7))
     bbox = list(footprint.bounds)
-    times = [np.datetime64(t, "D") for t in ds["time"].values]
+    times = [np.datetime64(t, "D") for t in ds["time"].values[_select_dates(ds, None, info)]]
     as_datetime = [t.astype("datetime64[s]").item().replace(tzinfo=UTC) for t in times]
     collection = pystac.Collection(
         id=collection_id,
