@@ -10,13 +10,30 @@ and the dates as days (time,), and returns the series with every invalid pixel f
 
 A pixel with no valid observation at all gets the per-band median of every valid observation in the
 series (the only information left). The same interpolation fills missing S1 dates before a fit.
+
+A learned baseline, :func:`learned_linear` (``ridge`` in the tables), also takes the radar: per tile and
+band, a ridge regression of the interpolation's residual on the S1 change (S1 at the date minus S1
+interpolated with the same optical neighbours), the interpolated S1, the (leave-one-out) guide of every
+band and the gaps in days to the neighbours, fitted on the tile's own valid pixels, each predicted
+without its own date. A 3D network fitted per tile has to beat this linear model on the same inputs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import numpy as np
+
+#: S1 backscatter range (dB) scaled to [0, 1], the paper's normalisation (the fit's S1_DB_RANGE too).
+S1_DB_RANGE: tuple[float, float] = (-25.0, 0.0)
+#: Gap features 1 − exp(−gap / scale): the fit's guide-gap scale (fit.declouder.GAP_SCALE_DAYS).
+RIDGE_GAP_SCALE_DAYS = 10.0
+#: Ridge penalty per training sample on standardised features (a light one: tens of thousands of
+#: samples for ~20 weights per band; it keeps the solve well posed when a feature is constant).
+RIDGE_ALPHA = 1e-3
+#: Below this many valid training samples the regression is not fitted: the guide is returned.
+RIDGE_MIN_SAMPLES = 50
 
 
 def _neighbours(valid: np.ndarray, exclude_self: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -111,6 +128,80 @@ def observation_gaps(valid: np.ndarray, days: np.ndarray, *, leave_one_out: bool
     return np.stack([back, forward], axis=1)
 
 
+def _filled_s1(s1_db: np.ndarray, days: np.ndarray) -> np.ndarray | None:
+    """dB -> [0, 1] over :data:`S1_DB_RANGE`, missing dates filled in time; None without any radar."""
+    if s1_db is None or not np.isfinite(s1_db).any():
+        return None
+    low, high = S1_DB_RANGE
+    scaled = (np.clip(s1_db, low, high) - low) / (high - low)
+    valid = np.isfinite(scaled).all(axis=1)
+    if valid.all():
+        return scaled.astype(np.float64)
+    return temporal_linear(np.where(valid[:, None], scaled, 0.0), valid, days).astype(np.float64)
+
+
+def ridge_features(
+    values: np.ndarray, valid: np.ndarray, days: np.ndarray, s1: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(guide (time, band, y, x), features (time, y, x, feature), feature names) of :func:`learned_linear`.
+
+    Everything is leave-one-out: a date's guide, gaps and interpolated S1 come from the *other* dates'
+    valid observations, so on a valid pixel they are what they would be were that pixel hidden.
+    """
+    guide = temporal_linear(values, valid, days, leave_one_out=True).astype(np.float64)
+    gaps = 1.0 - np.exp(-observation_gaps(valid, days, leave_one_out=True) / RIDGE_GAP_SCALE_DAYS)
+    columns = [gaps[:, 0], gaps[:, 1]]
+    names = ["gap back", "gap forward"]
+    radar = _filled_s1(s1, days) if s1 is not None else None
+    if radar is not None:
+        interpolated = temporal_linear(radar, valid, days, leave_one_out=True)
+        change = radar - interpolated
+        for c, pol in enumerate(("vv", "vh")[: radar.shape[1]]):
+            columns += [change[:, c], interpolated[:, c]]
+            names += [f"s1 change {pol}", f"s1 interpolated {pol}"]
+    columns += [guide[:, b] for b in range(values.shape[1])]
+    names += [f"guide {b}" for b in range(values.shape[1])]
+    return guide, np.stack(columns, axis=-1), names
+
+
+def learned_linear(
+    values: np.ndarray,
+    valid: np.ndarray,
+    days: np.ndarray,
+    s1: np.ndarray | None = None,
+    *,
+    alpha: float = RIDGE_ALPHA,
+) -> np.ndarray:
+    """Leave-one-out interpolation plus a per-band ridge correction learned on the tile's valid pixels.
+
+    ``s1``: backscatter in dB (time, 2, y, x), NaN where missing; None or all NaN: the regression uses
+    the guide and the gaps only. The target is the residual (observation − leave-one-out guide) on the
+    ``valid`` pixels; invalid pixels are predicted as guide + correction, valid ones kept. Never sees an
+    invalid pixel's value: its guide and features come from the other dates' valid observations only.
+    """
+    guide, features, _ = ridge_features(values, valid, days, s1)
+    n_features = features.shape[-1]
+    flat = features.reshape(-1, n_features)
+    finite = np.isfinite(flat).all(axis=1) & np.isfinite(guide).all(axis=1).reshape(-1)
+    train = np.asarray(valid, bool).reshape(-1) & finite
+    train &= np.isfinite(values).all(axis=1).reshape(-1)
+    if train.sum() < RIDGE_MIN_SAMPLES:
+        return _finish(values, valid, guide)
+    x_train = flat[train]
+    mean, std = x_train.mean(axis=0), x_train.std(axis=0)
+    std = np.where(std > 0, std, 1.0)
+    design = np.concatenate([(x_train - mean) / std, np.ones((x_train.shape[0], 1))], axis=1)
+    residual = (values - guide).transpose(0, 2, 3, 1).reshape(-1, values.shape[1])[train]
+    penalty = alpha * design.shape[0] * np.eye(design.shape[1])
+    penalty[-1, -1] = 0.0  # the intercept is not shrunk
+    weights = np.linalg.solve(design.T @ design + penalty, design.T @ residual)  # (feature + 1, band)
+    everywhere = np.concatenate([(np.where(finite[:, None], flat, mean) - mean) / std,
+                                 np.ones((flat.shape[0], 1))], axis=1)  # fmt: skip
+    correction = (everywhere @ weights).reshape(*features.shape[:3], values.shape[1]).transpose(0, 3, 1, 2)
+    predicted = np.clip(guide + np.where(finite.reshape(features.shape[:3])[:, None], correction, 0.0), 0, 1)
+    return _finish(values, valid, predicted)
+
+
 Baseline = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 #: The baselines by the name the evaluation tables use.
 BASELINES: dict[str, Baseline] = {
@@ -118,6 +209,15 @@ BASELINES: dict[str, Baseline] = {
     "mosaic": mosaic_mean,
     "nearest": nearest_clear,
 }
+
+
+#: Every baseline the evaluation runs, in table order: the three above and the learned one.
+BASELINE_NAMES: tuple[str, ...] = (*BASELINES, "ridge")
+
+
+def baselines_for(s1: np.ndarray | None) -> dict[str, Baseline]:
+    """The baselines of one tile: :data:`BASELINES` and ``ridge`` with the tile's radar (dB; None: none)."""
+    return {**BASELINES, "ridge": partial(learned_linear, s1=s1)}
 
 
 def days_of(times: np.ndarray) -> np.ndarray:

@@ -12,6 +12,10 @@ Outputs (committed, see SOURCE.txt):
   May–Aug 2021, its 30 real S2 acquisitions with real clouds, 4 bands (B02 B03 B04 B8A), no S1 (all
   NaN: fitted with noise input), reprojected from the cube's lat/lon grid to UTM 34N at its native
   20 m (nearest neighbour, so every value is a real observation), the central 64×64 px kept.
+- ``greenearthnet_29snd.zarr``: a second GreenEarthNet minicube, S2 tile 29SND (central Portugal),
+  Jul–Oct 2021, converted the same way (UTM 29N): another biome and season for the quality suite.
+
+``--only NAME`` (repeatable: worldcereal, greenearthnet_34tet, greenearthnet_29snd) rewrites only those.
 """
 
 from __future__ import annotations
@@ -96,16 +100,24 @@ def worldcereal_tile(src: Path) -> xr.Dataset:
 
 GREENEARTHNET = "greenearthnet-minicubes"
 GREENEARTHNET_CUBE = "MJJ2021_replicated_minicube_225_34TET_47.37_22.05.nc"
+#: The second bundled cube (quality suite): S2 tile 29SND, central Portugal, Jul-Oct 2021.
+GREENEARTHNET_CUBE_29SND = "JAS2021_replicated_minicube_0_29SND_39.29_-8.56.nc"
 GREENEARTHNET_BANDS = ("B02", "B03", "B04", "B8A")
 #: The cube's native pixel (~0.00018° ≈ 20 m): kept, not resampled to 10 m (the schema does not force it).
 GREENEARTHNET_RESOLUTION = 20.0
-#: UTM zone 34N, the zone of S2 tile 34TET.
+#: UTM zone 34N, the zone of S2 tile 34TET (29N for 29SND).
 GREENEARTHNET_EPSG = 32634
+GREENEARTHNET_EPSG_29SND = 32629
 GREENEARTHNET_SIZE = 64
 
 
-def greenearthnet_tile(src: Path) -> xr.Dataset:
-    cube = xr.open_dataset(src / GREENEARTHNET_CUBE)  # decoded: reflectance in [0, 1], NaN = missing
+def greenearthnet_tile(
+    src: Path,
+    cube_file: str = GREENEARTHNET_CUBE,
+    epsg: int = GREENEARTHNET_EPSG,
+    tile_id: str = "greenearthnet_34TET_minicube_225",
+) -> xr.Dataset:
+    cube = xr.open_dataset(src / cube_file)  # decoded: reflectance in [0, 1], NaN = missing
     cube = cube.isel(time=np.flatnonzero(cube["s2_avail"].values == 1))
     layers = xr.Dataset(
         {b: cube[f"s2_{b}"] for b in GREENEARTHNET_BANDS} | {"SCL": cube["s2_SCL"]}
@@ -114,7 +126,7 @@ def greenearthnet_tile(src: Path) -> xr.Dataset:
     from rasterio.enums import Resampling
 
     utm = layers.rio.reproject(
-        f"EPSG:{GREENEARTHNET_EPSG}", resolution=GREENEARTHNET_RESOLUTION, resampling=Resampling.nearest
+        f"EPSG:{epsg}", resolution=GREENEARTHNET_RESOLUTION, resampling=Resampling.nearest
     )
     ny, nx = utm.sizes["y"], utm.sizes["x"]
     y0, x0 = (ny - GREENEARTHNET_SIZE) // 2, (nx - GREENEARTHNET_SIZE) // 2
@@ -133,8 +145,8 @@ def greenearthnet_tile(src: Path) -> xr.Dataset:
         bands=GREENEARTHNET_BANDS,
         x=utm["x"].values,
         y=utm["y"].values,
-        epsg=GREENEARTHNET_EPSG,
-        tile_id="greenearthnet_34TET_minicube_225",
+        epsg=epsg,
+        tile_id=tile_id,
         attrs={"source": "GreenEarthNet replicated minicube, see tests/data/SOURCE.txt"},
     )
 
@@ -142,15 +154,28 @@ def greenearthnet_tile(src: Path) -> xr.Dataset:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--shared", type=Path, default=HERE.parents[2] / "shared" / "data" / "real")
+    makers = {
+        "worldcereal": lambda shared: worldcereal_tile(shared / WORLDCEREAL),
+        "greenearthnet_34tet": lambda shared: greenearthnet_tile(shared / GREENEARTHNET),
+        "greenearthnet_29snd": lambda shared: greenearthnet_tile(
+            shared / GREENEARTHNET,
+            GREENEARTHNET_CUBE_29SND,
+            GREENEARTHNET_EPSG_29SND,
+            "greenearthnet_29SND_minicube_0",
+        ),
+    }
+    stores = {
+        "worldcereal": "worldcereal_31ues.zarr",
+        "greenearthnet_34tet": "greenearthnet_34tet.zarr",
+        "greenearthnet_29snd": "greenearthnet_29snd.zarr",
+    }
+    parser.add_argument("--only", action="append", choices=sorted(makers), help="rewrite only these stores")
     args = parser.parse_args()
-    out = HERE / "worldcereal_31ues.zarr"
-    shutil.rmtree(out, ignore_errors=True)
-    write_tile(worldcereal_tile(args.shared / WORLDCEREAL), str(out))
-    print(f"wrote {out}")
-    out = HERE / "greenearthnet_34tet.zarr"
-    shutil.rmtree(out, ignore_errors=True)
-    write_tile(greenearthnet_tile(args.shared / GREENEARTHNET), str(out))
-    print(f"wrote {out}")
+    for name in args.only or makers:
+        out = HERE / stores[name]
+        shutil.rmtree(out, ignore_errors=True)
+        write_tile(makers[name](args.shared), str(out))
+        print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,119 @@
+"""The quality suite's machinery (bench/quality.py) on a tiny real case, and its option parsing."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from fit.config import PRESETS
+from fit.errors import FitConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def quality() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_quality", ROOT / "bench" / "quality.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_quality"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_overrides_are_parsed_with_the_field_types(quality: ModuleType) -> None:
+    overrides = quality.parse_overrides(
+        [
+            "passes=3",
+            "lr=0.005",
+            "keep_clear=false",
+            "lr_decay=none",
+            "channels_down=8,16",
+            "warm_passes=none",
+            "masks.dilation_px=2",
+        ]
+    )
+    assert overrides == {"passes": 3, "lr": 0.005, "keep_clear": False, "lr_decay": "none",
+                         "channels_down": (8, 16), "warm_passes": None, "masks.dilation_px": 2}  # fmt: skip
+    config = quality.apply_overrides(PRESETS["fast"], {"passes": 3, "masks.dilation_px": 2})
+    assert (config.passes, config.masks.dilation_px) == (3, 2)
+    assert config.masks.b02_max == PRESETS["fast"].masks.b02_max
+    assert config.name.startswith("fast+")
+    assert quality.apply_overrides(PRESETS["fast"], {}) is PRESETS["fast"]
+
+
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        ("passes", r"key=value"),
+        ("no_such_field=1", r"no settable field 'no_such_field'"),
+        ("masks.nope=1", r"MaskRefinement has no field 'nope'"),
+        ("passes=two", r"passes takes a int"),
+        ("keep_clear=maybe", r"keep_clear is true or false"),
+        ("lr_decay=linear", r"lr_decay is one of none, cosine"),
+    ],
+)
+def test_bad_overrides_are_refused_by_name(quality: ModuleType, item: str, message: str) -> None:
+    with pytest.raises(FitConfigError, match=message):
+        quality.parse_overrides([item])
+
+
+def test_cases_run_seed_by_seed_with_the_held_out_window_last(quality: ModuleType) -> None:
+    every = quality.cases()
+    assert len(every) == len(quality.SERIES) * 2 * 2 * 3  # series x paint modes x protocols x seeds
+    seed0 = [c for c in every if c.seed == 0]
+    assert every[: len(seed0)] == seed0
+    assert all(c.series.held_out for c in seed0[-4:]) and not seed0[0].series.held_out
+    quick = quality.cases(seeds=[0], protocols=["oracle"], patterns=["gen-*/partial/*"])
+    assert [c.id for c in quick] == ["gen-34tet/partial/oracle/s0", "gen-29snd/partial/oracle/s0"]
+
+
+def test_the_suite_runs_a_tiny_case_writes_a_line_and_resumes(
+    quality: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "suite.jsonl"
+    argv = [
+        "--preset",
+        "smoke",
+        "--quick",
+        "--cases",
+        "gen-29snd/partial",
+        "--crop",
+        "12",
+        "--json",
+        str(out),
+    ]
+    assert quality.main(argv) == 0
+    printed = capsys.readouterr().out
+    (record,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert record["case"] == "gen-29snd/partial/oracle/s0" and record["crop"] == 12
+    assert record["painted_trusted_fraction"] == 0.0  # oracle holes: nothing painted is trusted
+    assert set(record["fit"]) == {"noise"}  # S2-only series: noise input
+    methods = {(r["method"], r["variant"]) for r in record["rows"]}
+    assert {("ridge", "refined"), ("ridge", "scl"), ("linear", "refined")} <= methods
+    assert record["best_refined"]["label"].endswith("(refined)")
+    fit = record["fit"]["noise"]
+    assert fit["margin_db"] == pytest.approx(fit["psnr"] - record["best_refined"]["psnr"])
+    assert "| gen-29snd/partial/oracle |" in printed and "| oracle | 1 |" in printed
+    # a second run with the same settings finds the case done and runs nothing
+    assert quality.main(argv) == 0
+    assert "(1 already in" in capsys.readouterr().out and len(out.read_text().splitlines()) == 1
+    # other settings are another key: the case runs again
+    assert quality.main([*argv, "--set", "passes=2"]) == 0
+    assert len(out.read_text().splitlines()) == 2
+    # the command line itself: the table of a finished file
+    report = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "quality.py"), "--report", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert report.returncode == 0, report.stderr
+    assert "gen-29snd/partial/oracle" in report.stdout
