@@ -26,6 +26,12 @@ MEMORY_FORMATS: tuple[str, ...] = ("auto", "contiguous", "channels_last")
 #: torch.compile of the training step: "off", "default", or "reduce-overhead" (CUDA graphs on CUDA).
 CompileMode = Literal["off", "default", "reduce-overhead"]
 COMPILE_MODES: tuple[str, ...] = ("off", "default", "reduce-overhead")
+#: Shape of a held-out or hidden set: single random pixels, or the series' own cloud shapes.
+HoldoutShapes = Literal["pixels", "clouds"]
+HOLDOUT_SHAPES: tuple[str, ...] = ("pixels", "clouds")
+#: How the correction is checked on the held-out pixels: "off", or one shrinkage factor per band.
+Shrink = Literal["off", "band"]
+SHRINKS: tuple[str, ...] = ("off", "band")
 
 #: Zhang et al.'s widths, down and up, one per level, and their 4-channel skips (REFERENCE.md).
 PAPER_CHANNELS: tuple[int, ...] = (16, 32, 64, 128, 128, 128)
@@ -68,13 +74,36 @@ class FitConfig:
     #: With the guide: start the fit exactly at the guide (the output layer's weights and bias at zero), so
     #: the network moves away from the interpolation only as far as the clear pixels pull it.
     start_at_guide: bool = False
+    #: With the guide: also feed the S1 change, S1 at the date minus S1 interpolated through the same
+    #: optical neighbours the guide uses (2 channels; with ``input="noise"`` the same of the noise map).
+    s1_change: bool = False
+    # -- training on the task itself (docs/fit.md "The method", step 6) --
+    #: Share of the trusted (date, pixel) samples hidden from every input the network sees (the
+    #: observation and every date's guide) while it trains, in the series' own cloud shapes, with the
+    #: loss on them as well as on the visible clear pixels (0 = off: the guide leaks through neighbours).
+    hide_fraction: float = 0.0
+    #: Loss weight of a hidden pixel relative to a visible clear one.
+    hide_weight: float = 1.0
+    #: Draw a new hidden set (and recompute the guides) at the start of every pass.
+    hide_resample: bool = False
     # -- masks and output --
     masks: MaskRefinement = field(default_factory=MaskRefinement)
     #: Keep the observed values where the (refined) mask is clear; the network fills only the rest.
     keep_clear: bool = False
+    #: With ``keep_clear``: blend observed into fitted over this many pixels next to the filled region
+    #: (a linear ramp of the observed value's weight, 1/(n+1) beside a filled pixel up to 1 at n+1 px);
+    #: 0 = the hard switch.
+    feather_px: int = 0
     # -- cost levers (docs/fit.md "Cost") --
     #: Share of the clear pixels held out of the loss; their L2 error decides when to stop (0 = off).
     holdout_fraction: float = 0.0
+    #: The held-out set: random single pixels, or the series' own cloud shapes painted onto clear dates
+    #: (a test of filling, as under a cloud, not of copying a neighbour).
+    holdout_shapes: HoldoutShapes = "pixels"
+    #: Never worse than the guide: with "band", each band's correction to the guide is scaled by the
+    #: factor in [0, 1] that fits the held-out pixels best (0 where the correction does not help there);
+    #: needs ``guide`` and ``holdout_fraction > 0``. The output's guide then uses every trusted pixel.
+    shrink: Shrink = "off"
     #: Stop once the held-out error, averaged over the last pass's windows, has not improved by
     #: ``stop_min_delta`` (relative) for ``stop_patience`` passes' worth of window visits.
     stop_patience: float = 1.0
@@ -118,6 +147,17 @@ class FitConfig:
             "input_jitter >= 0": self.input_jitter >= 0,
             "guide_gaps and start_at_guide only with guide": self.guide
             or not (self.guide_gaps or self.start_at_guide),
+            "s1_change only with guide": self.guide or not self.s1_change,
+            "0 <= hide_fraction < 0.5": 0 <= self.hide_fraction < 0.5,
+            "hide_fraction > 0 only with guide": self.guide or self.hide_fraction == 0,
+            "hide_weight >= 0": self.hide_weight >= 0,
+            "hide_resample only with hide_fraction > 0": self.hide_fraction > 0 or not self.hide_resample,
+            "feather_px >= 0": self.feather_px >= 0,
+            "feather_px > 0 only with keep_clear": self.keep_clear or self.feather_px == 0,
+            f"holdout_shapes in {HOLDOUT_SHAPES}": self.holdout_shapes in HOLDOUT_SHAPES,
+            f"shrink in {SHRINKS}": self.shrink in SHRINKS,
+            "shrink needs guide and holdout_fraction > 0": self.shrink == "off"
+            or (self.guide and self.holdout_fraction > 0),
             "0 <= holdout_fraction < 0.5": 0 <= self.holdout_fraction < 0.5,
             "stop_patience > 0": self.stop_patience > 0,
             "stop_min_delta >= 0": self.stop_min_delta >= 0,

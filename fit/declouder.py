@@ -19,6 +19,7 @@ from typing import cast
 
 import numpy as np
 import torch
+from scipy import ndimage
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from fit.baselines import mosaic_mean, observation_gaps, temporal_linear
@@ -43,6 +44,10 @@ PROGRESS_EVENTS = 200
 LOSS_CURVE_POINTS = 200
 #: Second word of the seed of the held-out pixel draw, so it never repeats the visit order's draws.
 HOLDOUT_STREAM = 1
+#: Second word of the seed of the hidden-pixel draws (training on the task itself).
+HIDE_STREAM = 2
+#: Scale of the S1-change channels: a 2.5 dB change (0.1 of the normalised range) becomes 0.5.
+S1_CHANGE_SCALE = 5.0
 
 
 @dataclass(frozen=True)
@@ -96,6 +101,11 @@ class DecloudResult:
     #: (y, x): the pixel has S2 data on at least one date. Elsewhere (outside the imagery's footprint)
     #: ``prediction`` is the network's extrapolation of nothing observed, and a stored result says no data.
     observed: np.ndarray | None = None
+    #: With ``shrink``: the factor each band's correction to the guide was scaled by (0 = the guide).
+    shrinkage: tuple[float, ...] | None = None
+    #: With ``shrink``: mean squared error on the held-out pixels of the guide and of the output.
+    holdout_guide_mse: float = float("nan")
+    holdout_fit_mse: float = float("nan")
 
     @property
     def final_loss(self) -> float:
@@ -151,6 +161,67 @@ def guide_gaps(clear: np.ndarray, days: np.ndarray) -> np.ndarray:
     """
     gaps = observation_gaps(clear, days, leave_one_out=True)
     return (1.0 - np.exp(-gaps / GAP_SCALE_DAYS)).astype(np.float32)
+
+
+def s1_change(radar: np.ndarray, visible: np.ndarray, days: np.ndarray) -> np.ndarray:
+    """(time, 2, y, x): the radar at each date minus the radar interpolated through the optical neighbours.
+
+    The guide interpolates each date from the previous and next *visible* optical dates; this is how far
+    the radar moved away from the same interpolation (leave-one-out, like the guide), i.e. the change the
+    guide cannot see, × :data:`S1_CHANGE_SCALE`. ``radar``: the normalised input (S1, or the noise map).
+    """
+    interpolated = temporal_linear(radar, visible, days, leave_one_out=True)
+    interpolated = np.where(np.isfinite(interpolated), interpolated, radar)
+    return ((radar - interpolated) * S1_CHANGE_SCALE).astype(np.float32)
+
+
+def cloud_shapes(refined: np.ndarray, clear: np.ndarray) -> np.ndarray:
+    """(time, y, x): the series' own clouds, shadows and other untrusted pixels that have data."""
+    return (refined != MaskClass.NODATA) & ~clear
+
+
+def paint_shapes(
+    clear: np.ndarray, shapes: np.ndarray, fraction: float, rng: np.random.Generator
+) -> np.ndarray:
+    """(time, y, x): about ``fraction`` of the ``clear`` samples, in the series' own cloud ``shapes``.
+
+    Dates are visited in a random order; each takes the shape of another random date that has clouds,
+    shifted by a random offset (wrapping around), and loses its clear pixels under it, until the share is
+    reached. A series with no cloud at all falls back to random single pixels.
+    """
+    hidden = np.zeros_like(clear)
+    goal = fraction * clear.sum()
+    sources = np.flatnonzero(shapes.any(axis=(1, 2)))
+    if goal <= 0:
+        return hidden
+    if not sources.size:
+        return clear & (rng.random(clear.shape) < fraction)
+    height, width = clear.shape[1:]
+    for date in rng.permutation(clear.shape[0]):
+        if hidden.sum() >= goal:
+            break
+        if not clear[date].any():
+            continue
+        others = sources[sources != date]
+        if not others.size:
+            continue
+        source = int(rng.choice(others))
+        shift = (int(rng.integers(height)), int(rng.integers(width)))
+        hidden[date] = clear[date] & np.roll(shapes[source], shift, axis=(0, 1))
+    return hidden
+
+
+def feather_weights(kept: np.ndarray, width_px: int) -> np.ndarray:
+    """(time, y, x): the observed value's weight in the output, 0 where filled, ramping to 1 at
+    ``width_px + 1`` pixels (Euclidean) from the nearest filled pixel of the same date."""
+    weights = np.zeros(kept.shape, dtype=np.float32)
+    for date, keep in enumerate(kept):
+        if keep.all():
+            weights[date] = 1.0
+        elif keep.any():
+            distance = ndimage.distance_transform_edt(keep)
+            weights[date] = np.clip(distance / (width_px + 1), 0.0, 1.0)
+    return weights
 
 
 def trusted_clear(
@@ -254,12 +325,21 @@ class EarlyStop:
         return self.since_best >= self.patience
 
 
-def split_holdout(clear: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(pixels to learn from, held-out pixels): a random ``fraction`` of the clear ones, never learned."""
+def split_holdout(
+    clear: np.ndarray, fraction: float, seed: int, shapes: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(pixels to learn from, held-out pixels): a random ``fraction`` of the clear ones, never learned.
+
+    With ``shapes`` (the series' cloud shapes, :func:`cloud_shapes`), the held-out pixels are those
+    shapes painted onto clear dates (:func:`paint_shapes`) instead of single random pixels.
+    """
     if fraction <= 0:
         return clear, np.zeros_like(clear)
-    draw = np.random.default_rng([seed, HOLDOUT_STREAM]).random(clear.shape)
-    held = clear & (draw < fraction)
+    rng = np.random.default_rng([seed, HOLDOUT_STREAM])
+    if shapes is not None:
+        held = paint_shapes(clear, shapes, fraction, rng)
+    else:
+        held = clear & (rng.random(clear.shape) < fraction)
     return clear & ~held, held
 
 
@@ -312,12 +392,31 @@ def decloud(
             "nothing to learn the surface from. Ingest a longer period or a less cloudy season, or check "
             "the tile's masks; nothing was written"
         )
-    inputs = _network_input(s1, config, days, (n_dates, height, width), seed, name)
+    radar = _network_input(s1, config, days, (n_dates, height, width), seed, name)
+    reflectance = np.nan_to_num(s2)
+
+    def assemble(visible: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """The network's input and the guide when only ``visible`` samples are known."""
+        guide = guide_series(reflectance, visible, days) if config.guide else None
+        parts = [radar]
+        if guide is not None and config.guide_gaps:
+            parts.append(guide_gaps(visible, days))
+        if guide is not None and config.s1_change:
+            parts.append(s1_change(radar, visible, days))
+        return (parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)), guide
+
+    shapes = cloud_shapes(refined, clear)
     # Held-out pixels feed nothing the fit sees: not the loss, not the interpolation guide.
-    learn, _ = split_holdout(clear, config.holdout_fraction, seed)
-    guide = guide_series(np.nan_to_num(s2), learn, days) if config.guide else None
-    if guide is not None and config.guide_gaps:
-        inputs = np.concatenate([inputs, guide_gaps(learn, days)], axis=1)
+    learn, held = split_holdout(
+        clear, config.holdout_fraction, seed, shapes if config.holdout_shapes == "clouds" else None
+    )
+    hide_rng = np.random.default_rng([seed, HIDE_STREAM])
+
+    def draw_hidden() -> np.ndarray:
+        return paint_shapes(learn, shapes, config.hide_fraction, hide_rng)
+
+    hidden = draw_hidden() if config.hide_fraction > 0 else np.zeros_like(learn)
+    inputs, guide = assemble(learn & ~hidden)
     if config.perceptual_weight > 0 and vgg is None:
         vgg = load_vgg16(vgg_weights)
 
@@ -346,10 +445,14 @@ def decloud(
             PerceptualLoss(cast(VGG16, vgg), bands).to(torch_device) if config.perceptual_weight > 0 else None
         )
 
+        kept_weight = feather_weights(clear, config.feather_px)[:, None] if config.feather_px else None
+
         def finish(raw: np.ndarray) -> np.ndarray:
             prediction = np.clip(raw, 0.0, 1.0)
-            if config.keep_clear:
-                prediction = np.where(clear[:, None], np.nan_to_num(s2), prediction)
+            if kept_weight is not None:
+                prediction = kept_weight * reflectance + (1.0 - kept_weight) * prediction
+            elif config.keep_clear:
+                prediction = np.where(clear[:, None], reflectance, prediction)
             return prediction.astype(np.float32)
 
         on_pass: Snapshot | None = None
@@ -365,8 +468,8 @@ def decloud(
             perceptual,
             inputs,
             s2,
-            clear,
             guide,
+            _Samples(clear, learn, held, hidden, assemble, draw_hidden),
             plan,
             config,
             torch_device,
@@ -401,6 +504,9 @@ def decloud(
         warm_started=init_weights is not None,
         weights=weights,
         observed=observed,
+        shrinkage=fitted.shrinkage,
+        holdout_guide_mse=fitted.holdout_guide_mse,
+        holdout_fit_mse=fitted.holdout_fit_mse,
     )
 
 
@@ -464,6 +570,39 @@ class _Fitted:
     iterations: int
     holdout_loss: float
     stopped_early: bool
+    shrinkage: tuple[float, ...] | None = None
+    holdout_guide_mse: float = float("nan")
+    holdout_fit_mse: float = float("nan")
+
+
+@dataclass(frozen=True)
+class _Samples:
+    """Which (date, pixel) samples the fit may use how, and how to rebuild its input from them.
+
+    ``clear``: trusted; ``learn``: trusted minus held out; ``held``: held out (never seen, never learned);
+    ``hidden``: the current hidden set (a subset of ``learn`` kept out of every input but in the loss);
+    ``assemble(visible)``: (network input, guide) when only ``visible`` samples are known;
+    ``draw_hidden()``: a fresh hidden set.
+    """
+
+    clear: np.ndarray
+    learn: np.ndarray
+    held: np.ndarray
+    hidden: np.ndarray
+    assemble: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]]
+    draw_hidden: Callable[[], np.ndarray]
+
+
+def fit_shrinkage(
+    prediction: np.ndarray, guide: np.ndarray, target: np.ndarray, held: np.ndarray
+) -> np.ndarray:
+    """Per band, the factor a in [0, 1] that minimises the squared error of guide + a·(prediction − guide)
+    on the ``held`` (time, y, x) pixels: 0 where the correction does not help there, 1 where it all does."""
+    correction = np.moveaxis(prediction - guide, 1, -1)[held].astype(np.float64)  # (n, band)
+    residual = np.moveaxis(target - guide, 1, -1)[held].astype(np.float64)
+    power = (correction**2).sum(axis=0)
+    factor = np.where(power > 0, (correction * residual).sum(axis=0) / np.where(power > 0, power, 1.0), 0.0)
+    return np.clip(factor, 0.0, 1.0)
 
 
 def _fit(
@@ -471,8 +610,8 @@ def _fit(
     perceptual: PerceptualLoss | None,
     inputs: np.ndarray,
     s2: np.ndarray,
-    clear: np.ndarray,
     guide: np.ndarray | None,
+    samples: _Samples,
     plan: SpatialPlan,
     config: FitConfig,
     device: torch.device,
@@ -504,16 +643,30 @@ def _fit(
         ).to(device)
         return w
 
-    x_all = series(inputs)
-    target = series(np.nan_to_num(s2))
-    learn, held = split_holdout(clear, config.holdout_fraction, seed)  # the same draw as decloud's
-    weight = pixel_weights(learn)
-    held_weight = pixel_weights(held) if held.any() else None
-    offset = None
-    if guide is not None:
+    def network_input(
+        inputs: np.ndarray, guide: np.ndarray | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        x = series(inputs)
+        if guide is None:
+            return x, None
         g = series(guide)
-        x_all = torch.cat([x_all, g], dim=1)
-        offset = torch.logit(g.clamp(GUIDE_EPS, 1 - GUIDE_EPS))
+        return torch.cat([x, g], dim=1), torch.logit(g.clamp(GUIDE_EPS, 1 - GUIDE_EPS))
+
+    def train_weight(hidden: np.ndarray) -> torch.Tensor:
+        if not hidden.any():
+            return pixel_weights(samples.learn)
+        # masked_l2 squares the weight: a hidden pixel counts hide_weight times a visible one.
+        return pixel_weights(samples.learn & ~hidden) + math.sqrt(config.hide_weight) * pixel_weights(hidden)
+
+    reflectance = np.nan_to_num(s2)
+    target = series(reflectance)
+    learn, held = samples.learn, samples.held
+    hiding = config.hide_fraction > 0
+    x_all, offset = network_input(inputs, guide)
+    weight = train_weight(samples.hidden)
+    held_weight = pixel_weights(held) if held.any() else None
+    # What the network predicts from: with hiding, the input of every sample it may learn from.
+    x_seen, offset_seen = network_input(*samples.assemble(learn)) if hiding else (x_all, offset)
 
     spans = windows(n_dates, config.window, config.stride)
     passes = config.warm_passes if warm and config.warm_passes is not None else config.passes
@@ -551,18 +704,20 @@ def _fit(
 
     chosen = output_windows(n_dates, spans)
 
-    def predict() -> np.ndarray:
+    def predict(x_in: torch.Tensor | None = None, off_in: torch.Tensor | None = None) -> np.ndarray:
         # Every date from the window that covers it best; BatchNorm stays in training mode (each window
         # is normalised by its own statistics, as during the fit).
+        if x_in is None:
+            x_in, off_in = x_seen, offset_seen
         prediction = torch.empty_like(target)
         with torch.no_grad():
             for window, (start, _) in enumerate(spans):
                 dates = np.flatnonzero(chosen == window)
                 if not dates.size:
                     continue
-                off = None if offset is None else batch(offset, [window])
+                off = None if off_in is None else batch(off_in, [window])
                 with _autocast(device, path):
-                    out = predictor(batch(x_all, [window]), off)
+                    out = predictor(batch(x_in, [window]), off)
                 prediction[:, :, dates] = out.float()[:, :, dates - start]
         return crop_spatial(prediction, plan)[0].permute(1, 0, 2, 3).cpu().numpy()
 
@@ -576,6 +731,10 @@ def _fit(
                 buffers = {k: b.clone() for k, b in model.named_buffers()}
                 on_pass(pass_index, step, predict())
                 model.load_state_dict(buffers, strict=False)
+            if config.hide_resample:
+                hidden = samples.draw_hidden()
+                x_all, offset = network_input(*samples.assemble(learn & ~hidden))
+                weight = train_weight(hidden)
             current_pass = pass_index
         x, y, w = batch(x_all, group), batch(target, group), batch(weight, group)
         off = None if offset is None else batch(offset, group)
@@ -619,9 +778,27 @@ def _fit(
         if stopped_early:
             break
 
+    del x_all, offset, weight
     result = predict()
     if on_pass is not None and current_pass + 1 in snapshot_passes:
         on_pass(current_pass + 1, step, result)
+    shrinkage, guide_mse, fit_mse = None, float("nan"), float("nan")
+    if config.shrink != "off" and guide is not None:
+        # Never worse than the guide: the correction is kept per band only as far as it helps on the
+        # held-out pixels, which no input, guide or loss has seen. Then the output's guide and input
+        # use every trusted pixel (the held-out ones too: they are observations like any other).
+        seen_guide = samples.assemble(learn)[1]
+        assert seen_guide is not None  # shrink needs the guide (FitConfig checks it)
+        factor = fit_shrinkage(result, seen_guide, reflectance, held)
+        shrinkage = tuple(float(f) for f in factor)
+        checked = seen_guide + factor.reshape(1, -1, 1, 1) * (result - seen_guide)
+        guide_mse = float(((seen_guide - reflectance) ** 2).transpose(0, 2, 3, 1)[held].mean())
+        fit_mse = float(((checked - reflectance) ** 2).transpose(0, 2, 3, 1)[held].mean())
+        del x_seen, offset_seen
+        full_input, full_guide = samples.assemble(samples.clear)
+        assert full_guide is not None
+        raw = predict(*network_input(full_input, full_guide))
+        result = full_guide + factor.reshape(1, -1, 1, 1).astype(np.float32) * (raw - full_guide)
     return _Fitted(
         prediction=result,
         curve=_downsample_curve(losses[:step].cpu().numpy()),
@@ -629,6 +806,9 @@ def _fit(
         iterations=step,
         holdout_loss=stopper.current if stopper is not None else float("nan"),
         stopped_early=stopped_early,
+        shrinkage=shrinkage,
+        holdout_guide_mse=guide_mse,
+        holdout_fit_mse=fit_mse,
     )
 
 
