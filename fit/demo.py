@@ -21,6 +21,7 @@ from fit.config import FitConfig, resolve_config
 from fit.declouder import trusted_clear
 from fit.errors import FitInputError
 from fit.evaluate import Evaluation, evaluate
+from fit.metrics import seam_ratio
 from fit.tile import FitResult, fit_tile
 from tiler.store import DECLOUDED, S2_SCALE, MaskClass, open_tile, write_tile
 
@@ -49,6 +50,8 @@ class DemoResult:
     quicklook: Path
     metrics: Path
     seconds: float
+    #: The quicklook's seam: :func:`quicklook_seam`'s ratio on the cloudy date shown (NaN: no boundary).
+    seam_ratio: float = float("nan")
 
 
 def run_demo(
@@ -85,16 +88,19 @@ def run_demo(
                    progress=stage("fit s1"))  # fmt: skip
     tile = TileArrays.from_dataset(ds)
     evaluation = evaluate(tile, config, device=device, seed=seed, progress=progress)
-    metrics = out / "metrics.json"
-    metrics.write_text(json.dumps({"fit": fit.__dict__, "evaluation": evaluation.to_dict()}, indent=2) + "\n")
     fitted = open_tile(fitted_path, require=[DECLOUDED]).load()
-    quicklook = write_quicklook(tile, fitted[DECLOUDED].values / S2_SCALE, config, out / "quicklook.png")
+    declouded = fitted[DECLOUDED].values / S2_SCALE
+    quicklook = write_quicklook(tile, declouded, config, out / "quicklook.png")
+    seam = quicklook_seam(tile, declouded, config)
+    metrics = out / "metrics.json"
+    record = {"fit": fit.__dict__, "evaluation": evaluation.to_dict(), "quicklook": seam}
+    metrics.write_text(json.dumps(record, indent=2) + "\n")
     return DemoResult(out, tile_path, fitted_path, fit, evaluation, quicklook, metrics,
-                      time.perf_counter() - started)  # fmt: skip
+                      time.perf_counter() - started, seam["seam_ratio"])  # fmt: skip
 
 
-def write_quicklook(tile: TileArrays, declouded: np.ndarray, config: FitConfig, path: Path) -> Path:
-    """Three panels: a cloudy date, its declouded result, and the clear date nearest to it."""
+def shown_dates(tile: TileArrays, config: FitConfig) -> tuple[int, int, np.ndarray]:
+    """(the cloudy date shown, the clear date nearest to it, the trusted pixels (time, y, x))."""
     refined, clear = trusted_clear(tile.reflectance, tile.mask, tile.bands, config)
     cloud_cover = ((refined == MaskClass.CLOUD) | (refined == MaskClass.SHADOW)).mean(axis=(1, 2))
     clear_fraction = clear.mean(axis=(1, 2))
@@ -102,6 +108,32 @@ def write_quicklook(tile: TileArrays, declouded: np.ndarray, config: FitConfig, 
     clearest = clear_fraction.max()
     references = np.flatnonzero(clear_fraction >= clearest - 1e-9)
     reference = int(references[np.argmin(np.abs(tile.days[references] - tile.days[cloudy]))])
+    return cloudy, reference, clear
+
+
+def quicklook_seam(tile: TileArrays, declouded: np.ndarray, config: FitConfig) -> dict[str, Any]:
+    """The seam ratio of the quicklook's cloudy date (:func:`fit.metrics.seam_ratio`).
+
+    A real cloudy date has no truth under its clouds, so the clear date nearest in time (the quicklook's
+    right panel) stands in for it: the declouded image's step across the boundary between the kept
+    (trusted) and the filled pixels, over that clear date's step at the same pixel pairs.
+    """
+    cloudy, reference, clear = shown_dates(tile, config)
+    dates = tile.iso_dates()
+    truth = tile.reflectance[reference]
+    valid = np.isfinite(truth).all(axis=0) & np.isfinite(declouded[cloudy]).all(axis=0)
+    ratio = seam_ratio(np.nan_to_num(declouded[cloudy]), np.nan_to_num(truth), clear[cloudy], valid=valid)
+    return {
+        "date": dates[cloudy],
+        "reference": dates[reference],
+        "kept_fraction": float(clear[cloudy].mean()),
+        "seam_ratio": ratio,
+    }
+
+
+def write_quicklook(tile: TileArrays, declouded: np.ndarray, config: FitConfig, path: Path) -> Path:
+    """Three panels: a cloudy date, its declouded result, and the clear date nearest to it."""
+    cloudy, reference, _ = shown_dates(tile, config)
     rgb = [tile.bands.index(b) for b in RGB_BANDS]
     panels = {
         f"cloudy {tile.iso_dates()[cloudy]}": np.nan_to_num(tile.reflectance[cloudy][rgb]),

@@ -27,6 +27,9 @@ def window(worldcereal_tile: Path) -> TileArrays:
 def test_smoke_evaluation_beats_the_painted_input(window: TileArrays) -> None:
     evaluation = evaluate(window, SMOKE, paint_mode="cloudiest", targets=1, inputs=("s1",), device="cpu")
     fit = evaluation.row("fit", "s1")
+    # the whole target is painted: no kept/filled boundary on it, so no seam to measure
+    assert math.isnan(fit.seam) and evaluation.painted_fraction == 1.0
+    fit = evaluation.row("fit", "s1")
     painted = evaluation.row("painted input", "no filling")
     for row in evaluation.rows:
         for scores in (row.painted, row.whole):
@@ -35,11 +38,29 @@ def test_smoke_evaluation_beats_the_painted_input(window: TileArrays) -> None:
     assert fit.painted.psnr > painted.painted.psnr
     assert fit.painted.mae < painted.painted.mae
     methods = {(r.method, r.variant) for r in evaluation.rows}
-    for baseline in ("linear", "mosaic", "nearest"):
+    for baseline in ("linear", "mosaic", "nearest", "ridge"):
         assert {(baseline, "scl"), (baseline, "refined")} <= methods
     record = json.loads(json.dumps(evaluation.to_dict()))
     assert record["targets"] == list(evaluation.targets)
     assert set(record["fit_margin_db_painted"]) == {"s1"}
+    assert record["best_refined_baseline_painted"].endswith("(refined)")
+    assert record["protocol"] == "realistic"
+
+
+def test_partial_oracle_evaluation_scores_seams_and_the_learned_baseline(window: TileArrays) -> None:
+    evaluation = evaluate(
+        window, SMOKE, paint_mode="partial", protocol="oracle", targets=1, inputs=("s1",), device="cpu"
+    )
+    assert evaluation.protocol == "oracle" and evaluation.painted_trusted_fraction == 0.0
+    fit, painted = evaluation.row("fit", "s1"), evaluation.row("painted input", "no filling")
+    ridge, linear = evaluation.row("ridge", "refined"), evaluation.row("linear", "refined")
+    # leaving the painted clouds in place steps hardest at the boundary
+    assert painted.seam > max(fit.seam, linear.seam, ridge.seam) > 0
+    assert all(math.isfinite(r.seam) for r in (fit, ridge, linear))
+    # the learned baseline is a baseline: it competes for "best"
+    best = evaluation.best_baseline(variant="refined")
+    assert best.painted.psnr >= max(ridge.painted.psnr, linear.painted.psnr)
+    assert best.variant == "refined"
 
 
 def test_snapshots_score_the_same_fit_as_the_result(window: TileArrays) -> None:
@@ -130,3 +151,43 @@ def test_baselines_by_hand() -> None:
     both = np.concatenate([valid, never], axis=2)
     filled = temporal_linear(np.concatenate([values, values], axis=3), both, days)
     assert filled[:, 0, 0, 1] == pytest.approx([0.3] * 5)
+
+
+def test_oracle_holes_leave_no_painted_pixel_trusted(window: TileArrays) -> None:
+    from fit.evaluate import PAINT_MODES
+
+    for mode in PAINT_MODES:
+        oracle = paint(window, SMOKE, k=2, mode=mode, protocol="oracle")
+        realistic = paint(window, SMOKE, k=2, mode=mode, protocol="realistic")
+        assert oracle.targets == realistic.targets and oracle.source == realistic.source
+        assert np.array_equal(oracle.region, realistic.region)
+        assert np.array_equal(oracle.tile.reflectance, realistic.tile.reflectance, equal_nan=True)
+        _, trusted = trusted_clear(oracle.tile.reflectance, oracle.tile.mask, window.bands, SMOKE)
+        for t in oracle.targets:
+            assert (oracle.tile.mask[t][oracle.region] == MaskClass.CLOUD).all()
+            assert not trusted[t][oracle.region].any()
+    # end to end, the refined masks of the painted series still trust some painted (cloud) pixels
+    realistic = paint(window, SMOKE, k=2, mode="partial")
+    _, trusted = trusted_clear(realistic.tile.reflectance, realistic.tile.mask, window.bands, SMOKE)
+    assert any(trusted[t][realistic.region].any() for t in realistic.targets)
+
+
+def test_unknown_protocol_is_a_clear_error(window: TileArrays) -> None:
+    with pytest.raises(EvaluationError, match=r"unknown protocol 'paper'.*--protocol.*realistic, oracle"):
+        paint(window, SMOKE, k=1, mode="partial", protocol="paper")
+
+
+def test_the_demo_quicklook_seam_uses_the_nearest_clear_date(window: TileArrays) -> None:
+    from fit.config import FAST
+    from fit.demo import quicklook_seam, shown_dates
+
+    cloudy, reference, clear = shown_dates(window, FAST)
+    assert 0 < clear[cloudy].mean() < 1  # a partly cloudy date: kept and filled pixels side by side
+    observed = np.nan_to_num(window.reflectance)
+    # filled with the clear date itself, and kept pixels too: as smooth as that date, ratio 1
+    as_reference = np.broadcast_to(observed[reference], observed.shape).copy()
+    seam = quicklook_seam(window, as_reference, FAST)
+    assert seam["date"] == window.iso_dates()[cloudy] and seam["reference"] == window.iso_dates()[reference]
+    assert seam["seam_ratio"] == pytest.approx(1.0)
+    # the clouds left in place: a hard step at the boundary
+    assert quicklook_seam(window, observed, FAST)["seam_ratio"] > 1.1

@@ -117,3 +117,13 @@ def test_the_suite_runs_a_tiny_case_writes_a_line_and_resumes(
     )
     assert report.returncode == 0, report.stderr
     assert "gen-29snd/partial/oracle" in report.stdout
+
+
+def test_the_protocols_agree_only_where_they_paint_the_same_series(quality: ModuleType) -> None:
+    # winter 0:30: the cloudiest source (2018-08-14) is cloud in SCL wherever it is painted, the
+    # partial one (SCL misses part of its clouds) is not
+    (cloudiest,) = quality.cases(seeds=[0], protocols=["realistic"], patterns=["wc-winter/cloudiest"])
+    (partial,) = quality.cases(seeds=[0], protocols=["realistic"], patterns=["wc-winter/partial"])
+    tiles: dict[str, object] = {}
+    assert quality.protocols_agree(cloudiest, PRESETS["fast"], 24, 2, tiles)
+    assert not quality.protocols_agree(partial, PRESETS["fast"], 24, 2, tiles)

@@ -148,7 +148,7 @@ def evaluation_table(evaluation: Any) -> Table:
         title=(
             f"{evaluation.tile}: {evaluation.dates[0]}..{evaluation.dates[1]}, preset {evaluation.preset}, "
             f"paint {evaluation.paint} (clouds of {evaluation.source}, {evaluation.painted_fraction:.0%} of "
-            f"the image) onto {', '.join(evaluation.targets)}"
+            f"the image) onto {', '.join(evaluation.targets)}, protocol {evaluation.protocol}"
         ),
         title_justify="left",
     )
@@ -157,6 +157,7 @@ def evaluation_table(evaluation: Any) -> Table:
     for region in ("painted", "whole"):
         for metric in ("PSNR", "SSIM", "SAM°", "RMSE", "MAE"):
             table.add_column(f"{region}\n{metric}", justify="right")
+    table.add_column("seam", justify="right")
     table.add_column("s", justify="right")
     best = evaluation.best_baseline()
     for row in evaluation.rows:
@@ -165,7 +166,7 @@ def evaluation_table(evaluation: Any) -> Table:
             cells += [f"{scores.psnr:.2f}", f"{scores.ssim:.3f}", f"{scores.sam:.2f}",
                       f"{scores.rmse:.4f}", f"{scores.mae:.4f}"]  # fmt: skip
         style = "bold" if row.method == "fit" else ("cyan" if row is best else None)
-        table.add_row(row.method, row.variant, *cells, f"{row.seconds:.1f}", style=style)
+        table.add_row(row.method, row.variant, *cells, f"{row.seam:.2f}", f"{row.seconds:.1f}", style=style)
     return table
 
 
@@ -174,6 +175,9 @@ def evaluate_command(
     preset: str = typer.Option("fast", help="Fit settings: paper, fast or smoke."),
     targets: int = typer.Option(1, "--targets", "-k", min=1, help="How many clear dates to paint."),
     paint: str = typer.Option("cloudiest", help="Clouds to paint: cloudiest (the paper's) or partial."),
+    protocol: str = typer.Option(
+        "realistic", help="realistic (painted pixels keep the source's SCL classes) or oracle (marked cloud)."
+    ),
     dates: str | None = typer.Option(None, help="START:STOP date indices to use (default: the first 30)."),
     inputs: str = typer.Option("s1,noise", help="Comma-separated fit inputs to score: s1, noise."),
     device: str = typer.Option("auto", help="auto (CUDA when present), cpu, cuda, cuda:N."),
@@ -204,6 +208,7 @@ def evaluate_command(
             arrays.dates(start, stop),
             config,
             paint_mode=paint,
+            protocol=protocol,
             targets=targets,
             inputs=kinds,
             device=device,
