@@ -1,39 +1,78 @@
-"""The campaign ledger: one small JSON object per tile in the output store, written atomically.
+"""The campaign ledger: every tile's record in the output store, as a compacted index and a journal.
 
 Layout under the campaign output (any fsspec URL)::
 
-    ledger/campaign.json          the campaign's fingerprint and settings (a rerun must match them)
-    ledger/tiles/<tile_id>.json   one record per tile: state, attempts (with their worker and GPU), timings
-    ledger/runs/<run_id>.json     one summary per run of the driver (wall time, GPU time its actors held)
-    ledger/zones/<epsg>.json      one record per UTM zone: its mosaic and the outputs written from it
+    ledger/campaign.json            the campaign's fingerprint and settings (a rerun must match them)
+    ledger/journal/<stamp>-<writer>-<tile_id>.json
+                                    one object per record written: the tile's whole record (state,
+                                    attempts with their worker and GPU, timings) as of that write
+    ledger/index/<as_of>-<id>.idx   the compacted index: every tile's latest record as of a point, in
+                                    one object (zstd: a JSON header with each tile's id, stamp and a
+                                    digest of what the report needs, then the records, one a line)
+    ledger/runs/<run_id>.json       one summary per run of the driver (wall time, GPU time its actors held)
+    ledger/zones/<epsg>.json        one record per UTM zone: its mosaic and the outputs written from it
+    ledger/tiles/<tile_id>.json     records of a ledger written before the index existed: still read,
+                                    folded into the index by the first compaction
 
-A tile with no record is *planned*. Only the driver writes the ledger (one writer), and every record is
-replaced whole: write-then-rename on a local disk, a single PUT on an object store (S3, GCS and Azure make
-a PUT visible all at once or not at all). A crash therefore leaves either the old record or the new one,
-never half of one, and since the record is written only after the stage's output is committed, a
-record can never claim an output that is not there.
+A tile with no record is *planned*. Each record written is a new journal object with a unique,
+increasing *stamp* (nanoseconds, strictly increasing per writer and above every stamp loaded), so
+nothing is ever overwritten in place: write-then-rename on a local disk, a single PUT on an object store
+(S3, GCS and Azure make a PUT visible all at once or not at all). A crash leaves whole objects only, and
+since a record is written only after the stage's output is committed, a record can never claim an
+output that is not there.
+
+Loading reads the index object(s) and the journal (the records newer than the index); for each tile the
+record with the highest stamp wins, so a journal entry already folded into an index (a compaction cut
+short before deleting it) changes nothing. :meth:`Ledger.compact` (every :data:`COMPACT_EVERY` records
+a ledger writes, and on :meth:`Ledger.close`) lists the journal, merges it into a new index, writes the
+index, and only then deletes the journal entries and older indexes it merged: every record is always in
+an index or in the journal, whatever crashes when, and records written during a compaction are entries
+it did not list, which stay. A reader that finds a listed object gone (a compaction meanwhile) loads
+again.
+
+Records in an index are parsed only when asked for (:meth:`Ledger.get`); the states
+(:meth:`Ledger.state`) and the report's figures (:meth:`Ledger.digests`) come from the index header, so
+``declouder status`` on a 350,000-tile campaign parses no record it does not print.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import threading
+import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from enum import StrEnum
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
+from numcodecs import Zstd
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from campaign.errors import LedgerError
 
 TILES_DIR = "tiles"
+JOURNAL_DIR = "journal"
+INDEX_DIR = "index"
 RUNS_DIR = "runs"
 ZONES_DIR = "zones"
 CAMPAIGN_FILE = "campaign.json"
 _TMP_MARK = ".tmp-"
+#: Format of the index objects this code writes (and the only one it reads).
+INDEX_FORMAT = 1
+INDEX_SUFFIX = ".idx"
+#: A ledger compacts its journal into a new index after writing this many records. It bounds what a
+#: load reads one object at a time (at most about this many journal entries: on an object store one
+#: GET each) against how often the whole index is rewritten (bench/ledger.py measures both).
+COMPACT_EVERY = 5_000
+#: Loads retried when a listed object vanished under a concurrent compaction.
+LOAD_ATTEMPTS = 5
+#: zstd level 1 (numcodecs): the index is rewritten at every compaction, so encoding speed matters
+#: more than size; ledger records are repetitive JSON, which it shrinks ~30× (bench/ledger.py).
+_INDEX_CODEC = Zstd(level=1)
 
 
 class TileState(StrEnum):
@@ -169,6 +208,42 @@ class ZoneRecord(_Frozen):
     outputs: dict[str, str] = {}
 
 
+#: A fit attempt as the report sees it: (started, ended, outcome, gpu_share, node_id, gpu_ids).
+FitSpan = tuple[float, float, str, float, str | None, tuple[str, ...]]
+
+
+class TileDigest(NamedTuple):
+    """What the report needs of one tile, kept in the index header so a status parses no record."""
+
+    tile_id: str
+    state: TileState
+    failed_stage: Stage | None
+    fits: tuple[FitSpan, ...]
+
+    @classmethod
+    def of(cls, record: TileRecord) -> TileDigest:
+        return cls(
+            record.tile_id,
+            record.state,
+            record.failed_stage,
+            tuple(
+                (a.started, a.ended, a.outcome, a.gpu_share, a.node_id, a.gpu_ids)
+                for a in record.attempts
+                if a.stage == Stage.FIT
+            ),
+        )
+
+
+def _digest(record: TileRecord) -> list[Any]:
+    """The JSON form of a record's :class:`TileDigest` (without the id, which the header holds)."""
+    fits = [
+        [a.started, a.ended, a.outcome, a.gpu_share, a.node_id, list(a.gpu_ids)]
+        for a in record.attempts
+        if a.stage == Stage.FIT
+    ]
+    return [record.state.value, record.failed_stage.value if record.failed_stage else None, fits]
+
+
 class LedgerStore(Protocol):
     """Whole-object storage under one prefix: what the ledger needs, and all a test has to provide."""
 
@@ -178,6 +253,18 @@ class LedgerStore(Protocol):
 
     def write(self, name: str, data: bytes) -> None: ...
 
+    def list(self, prefix: str) -> list[str]:
+        """Names (relative to ``prefix``) of the whole objects under ``prefix``, freshly listed."""
+        ...
+
+    def read_many(self, prefix: str, names: Sequence[str]) -> dict[str, bytes]:
+        """Contents of ``prefix/name`` for each name; names that do not exist are left out."""
+        ...
+
+    def delete(self, prefix: str, names: Sequence[str]) -> None:
+        """Delete ``prefix/name`` for each name; names already gone are fine."""
+        ...
+
 
 class FsspecLedgerStore:
     """A :class:`LedgerStore` on any fsspec URL: atomic rename on local disks, one PUT elsewhere."""
@@ -186,30 +273,51 @@ class FsspecLedgerStore:
         self.url = url.rstrip("/")
         self._fs, self._root = fsspec.core.url_to_fs(self.url, **dict(storage_options or {}))
         self._local = isinstance(self._fs, LocalFileSystem)
+        #: Object-store operations issued (lists, reads, writes, deletes) and bytes moved, for benchmarks.
+        self.ops: dict[str, int] = {"list": 0, "read": 0, "write": 0, "delete": 0, "bytes_read": 0}
 
     def _path(self, name: str) -> str:
         return f"{self._root}/{name}"
 
     def read(self, name: str) -> bytes | None:
+        self.ops["read"] += 1
         try:
-            return bytes(self._fs.cat_file(self._path(name)))
+            data = bytes(self._fs.cat_file(self._path(name)))
         except FileNotFoundError:
             return None
+        self.ops["bytes_read"] += len(data)
+        return data
+
+    def list(self, prefix: str) -> list[str]:
+        base = self._path(prefix)
+        self._fs.invalidate_cache(base)  # listings are cached per filesystem: this one must be fresh
+        self.ops["list"] += 1
+        try:
+            paths = self._fs.find(base)
+        except FileNotFoundError:
+            return []
+        names = [p[len(base) + 1 :] if p.startswith(base + "/") else p.rsplit("/", 1)[-1] for p in paths]
+        return sorted(n for n in names if _TMP_MARK not in n.rsplit("/", 1)[-1])
+
+    def read_many(self, prefix: str, names: Sequence[str]) -> dict[str, bytes]:
+        if not names:
+            return {}
+        base = self._path(prefix)
+        paths = [f"{base}/{n}" for n in names]
+        # One batched call: concurrent GETs on object stores.
+        contents = self._fs.cat(paths, on_error="omit")
+        self.ops["read"] += len(paths)
+        out = {p[len(base) + 1 :]: bytes(c) for p, c in contents.items() if isinstance(c, bytes | bytearray)}
+        self.ops["bytes_read"] += sum(len(c) for c in out.values())
+        return out
 
     def read_dir(self, prefix: str) -> dict[str, bytes]:
-        base = self._path(prefix)
-        try:
-            paths = [p for p in self._fs.find(base) if _TMP_MARK not in p.rsplit("/", 1)[-1]]
-        except FileNotFoundError:
-            return {}
-        if not paths:
-            return {}
-        # One batched call: concurrent GETs on object stores, where a big campaign has many records.
-        contents = self._fs.cat(paths, on_error="omit")
-        return {p.rsplit("/", 1)[-1]: bytes(c) for p, c in contents.items()}
+        names = self.list(prefix)
+        return {n.rsplit("/", 1)[-1]: c for n, c in self.read_many(prefix, names).items()}
 
     def write(self, name: str, data: bytes) -> None:
         path = self._path(name)
+        self.ops["write"] += 1
         if self._local:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             tmp = f"{path}{_TMP_MARK}{uuid.uuid4().hex}"
@@ -217,17 +325,56 @@ class FsspecLedgerStore:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
-            os.replace(tmp, path)  # atomic on POSIX: readers see the old record or the new one
+            os.replace(tmp, path)  # atomic on POSIX: readers see the old object or the new one
         else:
             self._fs.pipe_file(path, data)  # one PUT: object stores publish it whole or not at all
 
+    def delete(self, prefix: str, names: Sequence[str]) -> None:
+        if not names:
+            return
+        paths = [self._path(f"{prefix}/{n}") for n in names]
+        self.ops["delete"] += 1 if not self._local else len(paths)
+        try:
+            self._fs.rm(paths)  # object stores: batched deletes
+        except FileNotFoundError:
+            for path in paths:
+                with contextlib.suppress(FileNotFoundError):
+                    self._fs.rm_file(path)
+
+
+class _VanishedError(Exception):
+    """A listed ledger object was gone when read: a compaction ran meanwhile; load again."""
+
+
+def _stamp_of(name: str) -> int:
+    return int(name.split("-", 1)[0])
+
 
 class Ledger:
-    """Tile records of one campaign, cached in memory, each change written through to the store."""
+    """Tile records of one campaign, loaded lazily, each change written through to the store.
+
+    Thread-safe: puts and compactions of one ledger object are serialised by a lock.
+    """
 
     def __init__(self, store: LedgerStore) -> None:
         self._store = store
+        self._lock = threading.RLock()
+        self._writer = uuid.uuid4().hex[:8]
+        self._clear()
+
+    def _clear(self) -> None:
+        #: Parsed records (put here, or parsed on demand).
         self._records: dict[str, TileRecord] = {}
+        #: Each tile's record as JSON (a slice of an index, a journal entry, or what put wrote).
+        self._json: dict[str, bytes | memoryview] = {}
+        self._stamps: dict[str, int] = {}
+        self._digests: dict[str, list[Any]] = {}
+        self._last_stamp = 0
+        #: What the state in memory was loaded from: index names, journal names, legacy records.
+        self._indexes: list[str] = []
+        self._journal: set[str] = set()
+        self._legacy: list[str] = []
+        self._since_compact = 0
 
     @classmethod
     def open(cls, url: str, storage_options: Mapping[str, Any] | None = None) -> Ledger:
@@ -236,42 +383,218 @@ class Ledger:
         ledger.load()
         return ledger
 
-    def load(self) -> dict[str, TileRecord]:
-        records: dict[str, TileRecord] = {}
-        for name, data in self._store.read_dir(TILES_DIR).items():
-            try:
-                record = TileRecord.model_validate_json(data)
-            except ValidationError as err:
-                raise LedgerError(
-                    f"ledger record {TILES_DIR}/{name} is not a valid tile record "
-                    f"({err.errors()[0]['msg']}); "
-                    "delete that file and rerun: its tile will be redone"
-                ) from None
-            records[record.tile_id] = record
-        self._records = records
-        return dict(records)
+    # ------------------------------------------------------------------ loading
+    def load(self) -> Mapping[str, TileRecord]:
+        """Read the index and the journal; returns a read-only view of the records (parsed on access)."""
+        with self._lock:
+            for _ in range(LOAD_ATTEMPTS):
+                try:
+                    self._load_once()
+                    return _RecordView(self)
+                except _VanishedError:
+                    continue
+            raise LedgerError(
+                f"ledger {self._describe()}: its objects kept changing while loading ({LOAD_ATTEMPTS} "
+                "tries); another process is compacting it: retry when it is done"
+            )
 
+    def _describe(self) -> str:
+        return repr(getattr(self._store, "url", "store"))
+
+    def _load_once(self) -> None:
+        self._clear()
+        # The journal is listed before the indexes: an entry deleted after this listing was merged
+        # into an index written before its deletion, which the index listing below then sees.
+        journal = self._store.list(JOURNAL_DIR)
+        indexes = [n for n in self._store.list(INDEX_DIR) if n.endswith(INDEX_SUFFIX)]
+        for name in indexes:
+            data = self._store.read(f"{INDEX_DIR}/{name}")
+            if data is None:
+                raise _VanishedError(name)
+            self._merge_index(name, data)
+        self._indexes = indexes
+        legacy = self._store.read_dir(TILES_DIR)
+        for name, data in sorted(legacy.items()):
+            record = self._parse(data, f"{TILES_DIR}/{name}")
+            self._apply(record.tile_id, 0, record, data)
+        self._legacy = sorted(legacy)
+        self._merge_journal(journal)
+
+    def _merge_journal(self, names: Iterable[str]) -> None:
+        names = [n for n in names if n not in self._journal]
+        contents = self._store.read_many(JOURNAL_DIR, names)
+        if len(contents) != len(names):
+            raise _VanishedError(next(n for n in names if n not in contents))
+        for name in sorted(names, key=_stamp_of):
+            data = contents[name]
+            record = self._parse(data, f"{JOURNAL_DIR}/{name}")
+            self._apply(record.tile_id, _stamp_of(name), record, data)
+            self._journal.add(name)
+
+    def _merge_index(self, name: str, data: bytes) -> None:
+        where = f"{INDEX_DIR}/{name}"
+        try:
+            payload = bytes(_INDEX_CODEC.decode(data))
+            split = payload.index(b"\n")
+            header = json.loads(payload[:split])
+            if header.get("format") != INDEX_FORMAT:
+                raise ValueError(f"format {header.get('format')!r}, this code reads {INDEX_FORMAT}")
+            ids, stamps, digests, lengths = (header[k] for k in ("ids", "stamps", "digests", "lengths"))
+            if not len(ids) == len(stamps) == len(digests) == len(lengths):
+                raise ValueError("its columns have different lengths")
+            if split + 1 + sum(lengths) + max(len(ids) - 1, 0) != len(payload):
+                raise ValueError("its records do not add up to its length (truncated?)")
+        except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as err:  # zstd, JSON, shape
+            raise LedgerError(
+                f"ledger index {where} in {self._describe()} is not readable ({type(err).__name__}: "
+                f"{err}); the tiles it holds cannot be read: restore the object from a backup, or "
+                "delete it and rerun (the tiles it held are then redone)"
+            ) from None
+        view = memoryview(payload)
+        offset = split + 1
+        for tile_id, stamp, digest, length in zip(ids, stamps, digests, lengths, strict=True):
+            if stamp > self._stamps.get(tile_id, -1):
+                self._records.pop(tile_id, None)
+                self._json[tile_id] = view[offset : offset + length]
+                self._stamps[tile_id] = stamp
+                self._digests[tile_id] = digest
+            self._last_stamp = max(self._last_stamp, stamp)
+            offset += length + 1
+
+    def _parse(self, data: bytes | memoryview, where: str) -> TileRecord:
+        try:
+            return TileRecord.model_validate_json(bytes(data))
+        except ValidationError as err:
+            raise LedgerError(
+                f"ledger record {where} is not a valid tile record ({err.errors()[0]['msg']}); "
+                "delete that file and rerun: its tile will be redone"
+            ) from None
+
+    def _apply(self, tile_id: str, stamp: int, record: TileRecord, data: bytes | memoryview) -> None:
+        self._last_stamp = max(self._last_stamp, stamp)
+        if stamp < self._stamps.get(tile_id, -1):
+            return  # an older version (e.g. a journal entry an index already holds a newer one of)
+        self._records[tile_id] = record
+        self._json[tile_id] = data
+        self._stamps[tile_id] = stamp
+        self._digests[tile_id] = _digest(record)
+
+    # ------------------------------------------------------------------ reading
     def __iter__(self) -> Iterator[TileRecord]:
-        return iter(self._records.values())
+        """Every record, parsed (at 100,000s of tiles prefer :meth:`digests` or :meth:`state`)."""
+        for tile_id in list(self._stamps):
+            record = self.get(tile_id)
+            if record is not None:
+                yield record
 
     def __len__(self) -> int:
-        return len(self._records)
+        return len(self._stamps)
+
+    def __contains__(self, tile_id: object) -> bool:
+        return tile_id in self._stamps
 
     def get(self, tile_id: str) -> TileRecord | None:
-        return self._records.get(tile_id)
+        record = self._records.get(tile_id)
+        if record is None and tile_id in self._json:
+            record = self._parse(self._json[tile_id], f"index entry {tile_id}")
+            self._records[tile_id] = record
+        return record
+
+    def state(self, tile_id: str) -> TileState | None:
+        """The tile's state without parsing its record; None when it has none (planned)."""
+        digest = self._digests.get(tile_id)
+        return None if digest is None else TileState(digest[0])
+
+    def tile_ids(self) -> list[str]:
+        return list(self._stamps)
+
+    def digests(self) -> Iterator[TileDigest]:
+        """What the report needs of every tile, without parsing records."""
+        for tile_id, (state, failed_stage, fits) in self._digests.items():
+            yield TileDigest(
+                tile_id,
+                TileState(state),
+                Stage(failed_stage) if failed_stage else None,
+                tuple((f[0], f[1], f[2], f[3], f[4], tuple(f[5])) for f in fits),
+            )
 
     @property
     def records(self) -> Mapping[str, TileRecord]:
-        return dict(self._records)
+        """A read-only view of every record (parsed when accessed)."""
+        return _RecordView(self)
+
+    # ------------------------------------------------------------------ writing
+    def _next_stamp(self) -> int:
+        self._last_stamp = max(time.time_ns(), self._last_stamp + 1)
+        return self._last_stamp
 
     def put(self, record: TileRecord) -> None:
-        """Write ``record`` through to the store, replacing the tile's previous record."""
-        try:
-            self._store.write(f"{TILES_DIR}/{record.tile_id}.json", record.model_dump_json().encode())
-        except OSError as err:
-            raise LedgerError(f"tile {record.tile_id!r}: cannot write its ledger record: {err}") from err
-        self._records[record.tile_id] = record
+        """Write ``record`` through to the store (a new journal entry); it replaces the tile's record."""
+        with self._lock:
+            stamp = self._next_stamp()
+            name = f"{stamp:020d}-{self._writer}-{record.tile_id}.json"
+            data = record.model_dump_json().encode()
+            try:
+                self._store.write(f"{JOURNAL_DIR}/{name}", data)
+            except OSError as err:
+                raise LedgerError(f"tile {record.tile_id!r}: cannot write its ledger record: {err}") from err
+            self._apply(record.tile_id, stamp, record, data)
+            self._journal.add(name)
+            self._since_compact += 1
+            if self._since_compact >= COMPACT_EVERY:
+                self.compact()
 
+    def compact(self) -> str | None:
+        """Merge the journal into a new index object; returns its name (None: nothing to merge).
+
+        Safe at any time, with other writers adding records meanwhile (entries written after the
+        listing stay in the journal) and against crashes at any point (the index is written before
+        anything it merged is deleted; a leftover entry is older than the index's and is ignored).
+        """
+        with self._lock:
+            journal = self._store.list(JOURNAL_DIR)
+            indexes = [n for n in self._store.list(INDEX_DIR) if n.endswith(INDEX_SUFFIX)]
+            if indexes != self._indexes:
+                self._load_once()  # another process compacted: start from what is there now
+                journal = sorted(self._journal)
+            else:
+                self._merge_journal(journal)
+            self._since_compact = 0
+            if not journal and not self._legacy and len(self._indexes) <= 1:
+                return None
+            name = self._write_index()
+            self._store.delete(JOURNAL_DIR, journal)
+            self._store.delete(TILES_DIR, [n for n in self._legacy])
+            self._store.delete(INDEX_DIR, [n for n in self._indexes if n != name])
+            self._journal -= set(journal)
+            self._legacy = []
+            self._indexes = [name]
+            return name
+
+    def _write_index(self) -> str:
+        ids = list(self._stamps)
+        parts = [bytes(self._json[t]) for t in ids]
+        header = {
+            "format": INDEX_FORMAT,
+            "as_of": max(self._stamps.values(), default=0),
+            "count": len(ids),
+            "ids": ids,
+            "stamps": [self._stamps[t] for t in ids],
+            "digests": [self._digests[t] for t in ids],
+            "lengths": [len(p) for p in parts],
+        }
+        payload = json.dumps(header, separators=(",", ":")).encode() + b"\n" + b"\n".join(parts)
+        name = f"{header['as_of']:020d}-{uuid.uuid4().hex[:8]}{INDEX_SUFFIX}"
+        self._store.write(f"{INDEX_DIR}/{name}", bytes(_INDEX_CODEC.encode(payload)))
+        return name
+
+    def close(self) -> None:
+        """Compact what this ledger wrote since its last compaction (if anything); safe to call anytime."""
+        with self._lock:
+            if self._journal or self._legacy:
+                self.compact()
+
+    # ------------------------------------------------------------------ campaign, runs, zones
     def read_campaign(self) -> dict[str, Any] | None:
         data = self._store.read(CAMPAIGN_FILE)
         return None if data is None else json.loads(data)
@@ -292,3 +615,22 @@ class Ledger:
     def zones(self) -> dict[int, ZoneRecord]:
         zones = [ZoneRecord.model_validate_json(d) for d in self._store.read_dir(ZONES_DIR).values()]
         return {z.epsg: z for z in zones}
+
+
+class _RecordView(Mapping[str, TileRecord]):
+    """The records of a ledger as a read-only mapping, parsed when accessed."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self._ledger = ledger
+
+    def __getitem__(self, tile_id: str) -> TileRecord:
+        record = self._ledger.get(tile_id)
+        if record is None:
+            raise KeyError(tile_id)
+        return record
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._ledger.tile_ids())
+
+    def __len__(self) -> int:
+        return len(self._ledger)

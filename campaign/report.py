@@ -7,11 +7,11 @@ campaign resumed five times counts each tile once and each GPU-second once.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from pydantic import BaseModel, ConfigDict, computed_field
 
-from campaign.ledger import RunRecord, Stage, TileRecord, TileState
+from campaign.ledger import FitSpan, Ledger, RunRecord, Stage, TileDigest, TileRecord, TileState
 
 #: Seconds per hour, for GPU-hours.
 HOUR_S = 3600.0
@@ -115,13 +115,14 @@ def max_overlap(intervals: Iterable[tuple[float, float]]) -> int:
 
 def gpu_use(records: Iterable[TileRecord]) -> tuple[GpuUse, ...]:
     """Per GPU (node, id): how many fits ran on it and the most at once."""
+    return _gpu_use(f for record in records for f in TileDigest.of(record).fits)
+
+
+def _gpu_use(fits: Iterable[FitSpan]) -> tuple[GpuUse, ...]:
     spans: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
-    for record in records:
-        for attempt in record.attempts:
-            if attempt.stage != Stage.FIT:
-                continue
-            for gpu in attempt.gpu_ids:
-                spans[(attempt.node_id or "?", gpu)].append((attempt.started, attempt.ended))
+    for started, ended, _, _, node_id, gpu_ids in fits:
+        for gpu in gpu_ids:
+            spans[(node_id or "?", gpu)].append((started, ended))
     return tuple(
         GpuUse(node_id=node, gpu_id=gpu, fits=len(s), max_concurrent=max_overlap(s))
         for (node, gpu), s in sorted(spans.items())
@@ -138,21 +139,34 @@ def build_report(
     ended: float,
     interrupted: bool,
     planned: Sequence[tuple[str, float]],
-    records: Iterable[TileRecord],
+    records: Iterable[TileRecord] | Ledger,
     runs: Iterable[RunRecord],
     skipped: int,
     fits_per_gpu: int,
     mosaics: Mapping[str, str] | None = None,
     outputs: Mapping[str, Mapping[str, str]] | None = None,
 ) -> CampaignReport:
-    """Assemble the report; ``planned`` is (tile id, km²) of every tile of the plan."""
-    by_id = {r.tile_id: r for r in records}
+    """Assemble the report; ``planned`` is (tile id, km²) of every tile of the plan.
+
+    ``records`` may be a :class:`Ledger`: then the figures come from its digests (no record is parsed
+    but those of failed tiles, whose errors the report lists), which is what keeps ``declouder status``
+    fast at hundreds of thousands of tiles.
+    """
+    if isinstance(records, Ledger):
+        digests = {d.tile_id: d for d in records.digests()}
+        full: Callable[[str], TileRecord | None] = records.get
+    else:
+        by_id = {r.tile_id: r for r in records}
+        digests = {t: TileDigest.of(r) for t, r in by_id.items()}
+        full = by_id.get
     km2 = dict(planned)
-    in_plan = [by_id[t] for t in km2 if t in by_id]
-    done = [r for r in in_plan if r.state in DONE_STATES]
-    failed = [r for r in in_plan if r.state == TileState.FAILED]
-    empty = sum(1 for r in in_plan if r.state == TileState.EMPTY)
-    fit_attempts = [a for r in in_plan for a in r.attempts if a.stage == Stage.FIT]
+    in_plan = [digests[t] for t in km2 if t in digests]
+    done = [d for d in in_plan if d.state in DONE_STATES]
+    failed_ids = sorted(d.tile_id for d in in_plan if d.state == TileState.FAILED)
+    failed = [r for r in map(full, failed_ids) if r is not None]
+    empty = sum(1 for d in in_plan if d.state == TileState.EMPTY)
+    fits = [f for d in in_plan for f in d.fits]
+    seconds = [max(0.0, f[1] - f[0]) for f in fits]
     return CampaignReport(
         name=name,
         output=output,
@@ -169,13 +183,13 @@ def build_report(
         tiles_skipped=skipped,
         km2_planned=sum(km2.values()),
         km2_done=sum(km2[r.tile_id] for r in done),
-        fit_attempts=len(fit_attempts),
-        worker_deaths=sum(1 for a in fit_attempts if a.outcome == "worker_died"),
-        fit_seconds=sum(a.seconds for a in fit_attempts),
-        gpu_seconds_fits=sum(a.seconds * a.gpu_share for a in fit_attempts),
+        fit_attempts=len(fits),
+        worker_deaths=sum(1 for f in fits if f[2] == "worker_died"),
+        fit_seconds=sum(seconds),
+        gpu_seconds_fits=sum(s * f[3] for s, f in zip(seconds, fits, strict=True)),
         gpu_seconds_held=sum(run.gpu_seconds_held for run in runs),
         fits_per_gpu=fits_per_gpu,
-        gpus=gpu_use(in_plan),
+        gpus=_gpu_use(fits),
         failed=tuple(
             FailedTile(
                 tile_id=r.tile_id,
@@ -184,7 +198,7 @@ def build_report(
                 attempts=r.attempts_at(r.failed_stage) if r.failed_stage else 0,
                 permanent=r.permanent,
             )
-            for r in sorted(failed, key=lambda r: r.tile_id)
+            for r in failed
         ),
         mosaics=dict(mosaics or {}),
         outputs={url: dict(kinds) for url, kinds in (outputs or {}).items()},
