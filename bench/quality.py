@@ -6,6 +6,7 @@ both protocols, several seeds; one line of JSON per case, a summary table at the
     python bench/quality.py --set holdout_fraction=0.1 --set masks.dilation_px=2 --json after.jsonl
     python bench/quality.py --preset smoke --cases wc-winter --quick
     python bench/quality.py --report before.jsonl --report after.jsonl   # tables of finished runs
+    python bench/quality.py --compare before.jsonl after.jsonl          # per case, side by side
 
 Series (``SERIES``; the held-out one is run and reported last, and kept out of every tuning decision):
 
@@ -464,6 +465,45 @@ def summarise(records: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _order_key(summary: dict[str, Any]) -> tuple[bool, int, int, str]:
+    series = summary["group"].split("/")[0]
+    position = SERIES_ORDER.index(series) if series in SERIES_ORDER else len(SERIES_ORDER)
+    return summary["held_out"], SUITE_PROTOCOLS.index(summary["protocol"]), position, summary["group"]
+
+
+def compare(before: Sequence[dict[str, Any]], after: Sequence[dict[str, Any]]) -> str:
+    """Per case (mean over the seeds each run has): margin, SAM − best and seam, before and after."""
+    groups = {}
+    for label, records in (("before", before), ("after", after)):
+        by_group: dict[str, list[dict[str, Any]]] = {}
+        for r in records:
+            by_group.setdefault(r["group"], []).append(r)
+        groups[label] = {g: group_summary(runs) for g, runs in by_group.items()}
+    names = sorted(set(groups["before"]) & set(groups["after"]), key=lambda g: _order_key(groups["after"][g]))
+    lines = [
+        "| case | seeds before / after | margin before | margin after | change dB "
+        "| SAM − best before / after | seam before / after | S1 − noise before / after |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for g in names:
+        b, a = groups["before"][g], groups["after"][g]
+        cells = [
+            g + (" (HELD OUT)" if a["held_out"] else ""),
+            f"{b['seeds']} / {a['seeds']}",
+            _fmt(b["margin"]),
+            _fmt(a["margin"]),
+            _fmt(a["margin"] - b["margin"]),
+            f"{_fmt(b['sam'])} / {_fmt(a['sam'])}",
+            f"{_fmt(b['seam'], '.2f')} / {_fmt(a['seam'], '.2f')}",
+            f"{_fmt(b['s1_noise'])} / {_fmt(a['s1_noise'])}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    missing = sorted(set(groups["before"]) ^ set(groups["after"]))
+    if missing:
+        lines.append(f"\n(in one run only: {', '.join(missing)})")
+    return "\n".join(lines)
+
+
 # -- the command --------------------------------------------------------------------------------------
 
 
@@ -509,9 +549,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=[],
         help="print the tables of finished suite files (repeatable) and run nothing",
     )
+    parser.add_argument(
+        "--compare",
+        nargs=2,
+        type=Path,
+        metavar=("BEFORE", "AFTER"),
+        help="print two finished suite files side by side, per case, and run nothing",
+    )
     parser.add_argument("--list", action="store_true", help="list the cases and exit")
     args = parser.parse_args(argv)
 
+    if args.compare:
+        print(compare(read_records(args.compare[0]), read_records(args.compare[1])))
+        return 0
     if args.report:
         for path in args.report:
             print(f"\n== {path}\n")

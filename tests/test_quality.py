@@ -107,6 +107,12 @@ def test_the_suite_runs_a_tiny_case_writes_a_line_and_resumes(
     # other settings are another key: the case runs again
     assert quality.main([*argv, "--set", "passes=2"]) == 0
     assert len(out.read_text().splitlines()) == 2
+    # before / after, per case: the two settings side by side
+    records = quality.read_records(out)
+    table = quality.compare(records[:1], records[1:])
+    (line,) = [row for row in table.splitlines() if row.startswith("| gen-29snd/partial/oracle")]
+    before, after = records[0]["fit"]["noise"]["margin_db"], records[1]["fit"]["noise"]["margin_db"]
+    assert f"{after - before:+.2f}" in line and "1 / 1" in line
     # the command line itself: the table of a finished file
     report = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "quality.py"), "--report", str(out)],
