@@ -16,7 +16,7 @@ from campaign.ledger import TileState
 from campaign.report import DONE_STATES, HOUR_S
 
 #: Events a person wants to see scroll by; the others only update the counts.
-NOTABLE = frozenset({"failed", "worker_died", "retry", "planned", "finished"})
+NOTABLE = frozenset({"failed", "worker_died", "retry", "reingest", "empty", "planned", "finished"})
 #: Lines of recent events kept under the counts.
 RECENT_EVENTS = 6
 #: Redraws per second: enough to follow, cheap enough for campaigns of many thousand tiles.
@@ -79,7 +79,8 @@ class LiveView:
     def _render(self) -> RenderableType:
         event = self._last
         table = Table(title=f"campaign {self._name}", title_justify="left", expand=False)
-        for column in ("planned", "ingesting", "ingested", "fitting", "fitted", "mosaicked", "failed"):
+        columns = ("planned", "ingesting", "ingested", "fitting", "fitted", "mosaicked", "empty", "failed")
+        for column in columns:
             table.add_column(column, justify="right")
         if event is not None:
             states = event.states
@@ -90,6 +91,7 @@ class LiveView:
                 str(event.fitting),
                 str(states.get(TileState.FITTED, 0)),
                 str(states.get(TileState.MOSAICKED, 0)),
+                str(states.get(TileState.EMPTY, 0)),
                 f"[red]{states.get(TileState.FAILED, 0)}[/]" if states.get(TileState.FAILED) else "0",
             )
         facts = (

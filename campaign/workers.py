@@ -22,7 +22,7 @@ from typing import Any, TypedDict
 from pydantic_core import to_jsonable_python
 
 from campaign.ledger import Stage
-from tiler.errors import DeclouderError
+from tiler.errors import CorruptChunkError, DeclouderError
 from tiler.grid import TileRef
 
 #: Longest error text kept in the ledger: enough for the message and the frame that raised it.
@@ -55,6 +55,10 @@ class StageOutcome:
     permanent: bool = False
     summary: Mapping[str, Any] = field(default_factory=dict)
     device: str | None = None
+    #: The search found no Sentinel-2 data over the tile (sea, outside every footprint): not a failure.
+    empty: bool = False
+    #: The stage's input store is corrupt (tiler.errors.CorruptChunkError): ingest the tile again.
+    reingest: bool = False
 
     @property
     def ok(self) -> bool:
@@ -118,8 +122,21 @@ def is_permanent(err: BaseException) -> bool:
     from ingest.errors import AssetReadError, CatalogError
 
     # A neighbour's unusable weights are not this tile's fault: the driver retries it from scratch.
-    passing = (CatalogError, AssetReadError, WarmStartError)
+    # A corrupt input store is not the tile's fault either: ingesting it again mends it.
+    passing = (CatalogError, AssetReadError, WarmStartError, CorruptChunkError)
     return isinstance(err, DeclouderError) and not isinstance(err, passing)
+
+
+def _in_chain(err: BaseException, kind: type[BaseException]) -> BaseException | None:
+    """``err`` or the first exception it was raised from (or while handling) that is a ``kind``."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        if isinstance(current, kind):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def _describe(err: BaseException) -> str:
@@ -136,14 +153,19 @@ def run_stage(tile_id: str, stage: Stage, worker: WorkerInfo, work: Callable[[],
     try:
         result = work()
     except Exception as err:  # noqa: BLE001  (the worker boundary: every failure becomes a ledger entry)
+        from ingest.errors import NoS2ItemsError
+
+        corrupt = _in_chain(err, CorruptChunkError)
         return StageOutcome(
             tile_id=tile_id,
             stage=stage,
             started=started,
             ended=time.time(),
             worker=worker,
-            error=_describe(err),
-            permanent=is_permanent(err),
+            error=_describe(corrupt or err),
+            permanent=corrupt is None and is_permanent(err),
+            empty=stage == Stage.INGEST and isinstance(err, NoS2ItemsError),
+            reingest=corrupt is not None and stage == Stage.FIT,
         )
     summary = summarize(result)
     return StageOutcome(
@@ -258,6 +280,48 @@ def mosaic_init(
     return run_stage(zone, Stage.MOSAIC, current_worker(f"mosaic-{os.getpid()}"), work)
 
 
+def mosaic_template(
+    mosaic_url: str,
+    zone: str,
+    keys: tuple[str, ...],
+    times: tuple[Any, ...],
+    bands: tuple[str, ...],
+    grid: MosaicGridSpec,
+    storage_options: Mapping[str, Any] | None,
+) -> StageOutcome:
+    """Ray task: write (or keep) a zone's mosaic template from the plan, reading no fitted tile.
+
+    ``summary['fresh']``: no region of an earlier run is kept, so every region must be written. A template
+    that matches (same cells, dates and bands: a rerun of the same campaign) is kept with its regions; one
+    that does not is replaced.
+    """
+    from tiler.errors import OutputExistsError
+    from tiler.mosaic import init_mosaic_template
+    from tiler.store import tile_status
+
+    def work() -> dict[str, Any]:
+        missing = tile_status(mosaic_url, storage_options) == "missing"
+        init = functools.partial(
+            init_mosaic_template,
+            mosaic_url,
+            keys,
+            times,
+            bands,
+            size=grid.size,
+            overlap=grid.overlap,
+            resolution=grid.resolution,
+            storage_options=storage_options,
+        )
+        try:
+            init(resume=True)
+            return {"fresh": missing}
+        except OutputExistsError:
+            init(overwrite=True)
+            return {"fresh": True}
+
+    return run_stage(zone, Stage.MOSAIC, current_worker(f"mosaic-{os.getpid()}"), work)
+
+
 def mosaic_region(
     mosaic_url: str,
     key: str,
@@ -338,3 +402,16 @@ def mosaic_outputs(
         return written
 
     return run_stage(zone, Stage.MOSAIC, current_worker(f"outputs-{os.getpid()}"), work)
+
+
+@dataclass(frozen=True)
+class StageWorkers:
+    """What a campaign runs on Ray: the task functions and the fit actor class (a benchmark may swap in
+    labelled stand-ins; a campaign always runs these)."""
+
+    ingest: Callable[..., StageOutcome] = ingest_one
+    fit_actor: type = FitWorker
+    mosaic_template: Callable[..., StageOutcome] = mosaic_template
+    mosaic_region: Callable[..., StageOutcome] = mosaic_region
+    mosaic_finalize: Callable[..., StageOutcome] = mosaic_finalize
+    mosaic_outputs: Callable[..., StageOutcome] = mosaic_outputs

@@ -25,7 +25,7 @@ from campaign_data import CLOUDY_PERIOD, POISON_TILE, sample_catalog, write_conf
 from campaign.config import load_config
 from campaign.driver import CampaignProgress, OutputLayout, campaign_status
 from campaign.ledger import Ledger, Stage, TileState
-from campaign.report import CampaignReport
+from campaign.report import DONE_STATES, CampaignReport
 from tiler.store import tile_status
 
 ray = pytest.importorskip("ray")
@@ -94,7 +94,7 @@ def demo_run(ray_address: str, tmp_path_factory: pytest.TempPathFactory) -> dict
 
 
 def test_demo_runs_the_whole_pipeline_on_the_real_sample(demo_run: dict[str, Any]) -> None:
-    from tiler.mosaic import open_mosaic
+    from tiler.mosaic import mosaic_info, open_mosaic
 
     report: CampaignReport = demo_run["report"]
     config = demo_run["config"]
@@ -105,8 +105,11 @@ def test_demo_runs_the_whole_pipeline_on_the_real_sample(demo_run: dict[str, Any
     mosaic_url = demo_run["result"].mosaic_url
     assert report.mosaics == {mosaic_url: "complete"}
     mosaic = open_mosaic(mosaic_url)
-    assert mosaic.sizes["time"] == 20  # the sample's 20 S2 dates, spring and summer 2019
-    declouded = mosaic["s2_declouded"].values
+    # The time axis is every day of the period (fixed up front); the sample's 20 S2 dates hold data.
+    assert mosaic.sizes["time"] == (config.end - config.start).days + 1
+    days = mosaic_info(mosaic_url).days_with_data
+    assert days is not None and len(days) == 20
+    declouded = mosaic["s2_declouded"].sel(time=list(days)).values
     assert declouded.shape[1] == len(config.catalog.model_extra["bands"])
     # The 6 cells cover the 64×64 px site and ground around it without imagery: that ground stays no data
     # (0) on every date and band, since nothing was ever observed there; the site has data everywhere.
@@ -125,6 +128,21 @@ def test_demo_runs_the_whole_pipeline_on_the_real_sample(demo_run: dict[str, Any
     assert (status.tiles_done, status.tiles_failed, status.fit_attempts) == (6, 0, report.fit_attempts)
     assert status.mosaics == report.mosaics
     assert status.gpu_seconds_fits == pytest.approx(report.gpu_seconds_fits)
+
+
+def test_the_mosaic_streams_while_tiles_still_fit(demo_run: dict[str, Any]) -> None:
+    """Regions are written as soon as their tiles are fitted, not after the last fit (no barrier)."""
+    ledger = Ledger.open(OutputLayout(demo_run["config"].output).ledger)
+    attempts = [a for r in ledger for a in r.attempts if a.outcome == "ok"]
+    last_fit = max(a.ended for a in attempts if a.stage == Stage.FIT)
+    regions = [a for a in attempts if a.stage == Stage.MOSAIC]
+    assert len(regions) == 6
+    assert min(a.started for a in regions) < last_fit
+    # The template was written from the plan at the start: its time axis is every day of the period.
+    mosaic = Path(demo_run["result"].mosaic_url)
+    config = demo_run["config"]
+    days = (config.end - config.start).days + 1
+    assert json.loads((mosaic / "time" / "zarr.json").read_text())["shape"] == [days]
 
 
 def test_demo_command_reports_a_finished_demo_without_starting_ray(demo_run: dict[str, Any]) -> None:
@@ -224,9 +242,10 @@ def test_driver_killed_mid_campaign_then_rerun_finishes_only_what_was_missing(
 ) -> None:
     path = write_config(tmp_path, sample, fit_actors=2, warm_start=True)
     layout = OutputLayout(str(tmp_path / "out"))
-    fitted = lambda: {t for t, s in _states(layout.ledger).items() if s == TileState.FITTED}  # noqa: E731
+    fitted = lambda: {t for t, s in _states(layout.ledger).items() if s in DONE_STATES}  # noqa: E731
 
-    # Run 1: killed outright (SIGKILL: no handler runs) once a tile is fitted.
+    # Run 1: killed outright (SIGKILL: no handler runs) once a tile is fitted (or already mosaicked: the
+    # mosaic streams, so a fitted tile's cell may be written at once).
     proc = _declouder("run", str(path), "--address", ray_address, "--no-live", cwd=tmp_path)
     _wait_for(lambda: len(fitted()) >= 1, proc)
     os.killpg(proc.pid, signal.SIGKILL)
@@ -275,7 +294,7 @@ def test_ctrl_c_stops_cleanly_and_a_rerun_resumes(
 ) -> None:
     path = write_config(tmp_path, sample, fit_actors=2)
     layout = OutputLayout(str(tmp_path / "out"))
-    fitted = lambda: {t for t, s in _states(layout.ledger).items() if s == TileState.FITTED}  # noqa: E731
+    fitted = lambda: {t for t, s in _states(layout.ledger).items() if s in DONE_STATES}  # noqa: E731
     proc = _declouder("run", str(path), "--address", ray_address, "--no-live", cwd=tmp_path)
     _wait_for(lambda: len(fitted()) >= 1, proc)
     proc.send_signal(signal.SIGINT)
