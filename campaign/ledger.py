@@ -53,6 +53,7 @@ from numcodecs import Zstd
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from campaign.errors import LedgerError
+from tiler.object_store import with_retries
 
 TILES_DIR = "tiles"
 JOURNAL_DIR = "journal"
@@ -271,7 +272,7 @@ class FsspecLedgerStore:
 
     def __init__(self, url: str, storage_options: Mapping[str, Any] | None = None) -> None:
         self.url = url.rstrip("/")
-        self._fs, self._root = fsspec.core.url_to_fs(self.url, **dict(storage_options or {}))
+        self._fs, self._root = fsspec.core.url_to_fs(self.url, **with_retries(self.url, storage_options))
         self._local = isinstance(self._fs, LocalFileSystem)
         #: Object-store operations issued (lists, reads, writes, deletes) and bytes moved, for benchmarks.
         self.ops: dict[str, int] = {"list": 0, "read": 0, "write": 0, "delete": 0, "bytes_read": 0}

@@ -5,6 +5,14 @@ coarser than the grid are resampled with ``IngestConfig.resampling`` (default ne
 keeps the exact value of the 20 m / 60 m pixel it lies in, so reflectances stay measured values and
 cloud edges are not smeared into clear pixels; SCL is always read with nearest, being a class map).
 
+Assets already on the tile's grid (its EPSG, pixel edges on the grid's, a resolution that is a whole
+multiple of the grid's: every Sentinel-2 band of an MGRS tile in its own UTM zone, RTC S1 on the same
+10 m grid) are read directly: one rasterio windowed read per asset of just the COG blocks under the
+tile, at native resolution, then each source pixel replicated onto the 10 m pixels it covers. That is
+exactly what nearest resampling gives for such grids, without GDAL's warper and without a dask graph:
+measured in ``bench/ingest.py``. Anything else (another CRS, an offset grid, bilinear of a coarser
+band) goes through stackstac's warped reads.
+
 Reads go through GDAL with its own HTTP retries (GDAL_HTTP_MAX_RETRY / GDAL_HTTP_RETRY_DELAY), and a
 failed batch is retried here with exponential back-off; after that, :class:`AssetReadError` names the
 asset and item. stackstac's default of turning HTTP 404 into no-data is switched off: a missing file
@@ -17,6 +25,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -93,6 +102,114 @@ def _asset_of(url: str, items: Sequence[pystac.Item]) -> str:
     return f"asset {url}"
 
 
+#: Largest misfit, in grid pixels, of an asset's pixel edges against the grid's that still counts as
+#: aligned (float rounding of transforms written as decimal metres).
+ALIGN_TOLERANCE_PX = 1e-6
+
+
+class _NotAlignedError(Exception):
+    """An asset whose pixels do not nest in the grid's: read it through the warper instead."""
+
+
+def _aligned_offset(offset_px: float) -> int | None:
+    """``offset_px`` (grid pixels) as a whole number, or None if the pixel edges do not line up."""
+    whole = round(offset_px)
+    return whole if abs(offset_px - whole) <= ALIGN_TOLERANCE_PX else None
+
+
+def _is_nodata_fill(nodata: float, fill_value: float | int | np.floating[Any]) -> bool:
+    """Whether the asset's nodata value is already the fill value (then nothing needs replacing)."""
+    return bool(np.isnan(nodata) and np.isnan(fill_value)) or float(nodata) == float(fill_value)
+
+
+def _read_aligned(
+    href: str,
+    grid: Grid,
+    out: np.ndarray,
+    *,
+    fill_value: float | int | np.floating[Any],
+    resampling: str,
+    env: Any,
+) -> None:
+    """One asset into ``out`` (the grid's shape) by a windowed read at native resolution, each source
+    pixel repeated over the grid pixels it covers; raises :class:`_NotAlignedError` if it can't be.
+
+    Pixels outside the asset and the asset's own nodata become ``fill_value`` (as stackstac does).
+    """
+    import rasterio
+    from rasterio.windows import Window
+
+    with env.open, rasterio.open(href) as src:
+        t = src.transform
+        res = float(t.a)
+        factor = round(res / grid.resolution)
+        if (
+            src.crs is None
+            or src.crs.to_epsg() != grid.epsg
+            or src.count < 1
+            or t.b != 0
+            or t.d != 0
+            or abs(-t.e - res) > 1e-9 * res
+            or factor < 1
+            or abs(res - factor * grid.resolution) > ALIGN_TOLERANCE_PX * grid.resolution
+            or (factor > 1 and resampling != "nearest")
+        ):
+            raise _NotAlignedError(href)
+        # Grid pixel j lies in source pixel (off_x + j) // factor (edges on the grid: no half pixels).
+        off_x = _aligned_offset((grid.bounds[0] - t.c) / grid.resolution)
+        off_y = _aligned_offset((t.f - grid.bounds[3]) / grid.resolution)
+        if off_x is None or off_y is None:
+            raise _NotAlignedError(href)
+        height, width = grid.shape
+        c0, c1 = max(off_x // factor, 0), min((off_x + width - 1) // factor + 1, src.width)
+        r0, r1 = max(off_y // factor, 0), min((off_y + height - 1) // factor + 1, src.height)
+        # The grid pixels that source pixels [r0, r1) x [c0, c1) cover.
+        j0, j1 = max(0, c0 * factor - off_x), min(width, c1 * factor - off_x)
+        i0, i1 = max(0, r0 * factor - off_y), min(height, r1 * factor - off_y)
+        if (i0, i1, j0, j1) != (0, height, 0, width):
+            out[...] = fill_value
+        if c0 >= c1 or r0 >= r1:
+            return
+        with env.read:
+            data = src.read(1, window=Window(c0, r0, c1 - c0, r1 - r0))
+        if src.nodata is not None and not _is_nodata_fill(src.nodata, fill_value):
+            missing = np.isnan(data) if np.isnan(src.nodata) else data == src.nodata
+            data = np.where(missing, fill_value, data).astype(out.dtype, copy=False)
+        if factor > 1:
+            data = data.repeat(factor, axis=0).repeat(factor, axis=1)
+        dy, dx = off_y - r0 * factor, off_x - c0 * factor
+        out[i0:i1, j0:j1] = data[dy + i0 : dy + i1, dx + j0 : dx + j1]
+
+
+def _read_direct(
+    items: Sequence[pystac.Item],
+    assets: Sequence[str],
+    grid: Grid,
+    *,
+    dtype: np.dtype,
+    fill_value: float | int | np.floating[Any],
+    resampling: str,
+    env: Any,
+) -> np.ndarray | None:
+    """(item, asset, y, x) by windowed reads, READ_THREADS at a time; None if any asset is not aligned."""
+    out = np.empty((len(items), len(assets), *grid.shape), dtype=dtype)
+
+    def one(k: int, a: int) -> None:
+        href = items[k].assets[assets[a]].href
+        try:
+            _read_aligned(href, grid, out[k, a], fill_value=fill_value, resampling=resampling, env=env)
+        except (RuntimeError, OSError) as err:  # name the file: AssetReadError maps it to its item
+            raise OSError(f"reading '{href}': {err}") from err
+
+    jobs = [(k, a) for k in range(len(items)) for a in range(len(assets))]
+    with ThreadPoolExecutor(max_workers=min(READ_THREADS, len(jobs) or 1)) as pool:
+        try:
+            list(pool.map(lambda job: one(*job), jobs))
+        except _NotAlignedError:
+            return None
+    return out
+
+
 def read(
     items: Sequence[pystac.Item],
     assets: Sequence[str],
@@ -103,11 +220,59 @@ def read(
     resampling: str,
     retry: Retry,
 ) -> np.ndarray:
-    """(item, asset, y, x) array of ``assets`` of ``items`` on ``grid``, read with stackstac.
+    """(item, asset, y, x) array of ``assets`` of ``items`` on ``grid``.
 
-    A failed read is retried with exponential back-off; after the last retry, :class:`AssetReadError`
-    names the asset and item.
+    Assets aligned with the grid are read directly (windowed reads at native resolution, replicated);
+    otherwise the whole call goes through stackstac. A failed read is retried with exponential back-off;
+    after the last retry, :class:`AssetReadError` names the asset and item.
     """
+    env = gdal_env(retry.retries, retry.backoff_s)
+    attempt = 0
+    while True:
+        try:
+            direct = _read_direct(
+                items, assets, grid, dtype=dtype, fill_value=fill_value, resampling=resampling, env=env
+            )
+        except (RuntimeError, OSError) as err:
+            if attempt >= retry.retries:
+                raise _read_error(err, items, retry) from err
+            _back_off(err, attempt, retry)
+            attempt += 1
+            continue
+        if direct is not None:
+            return direct
+        return _read_stackstac(
+            items, assets, grid, dtype=dtype, fill_value=fill_value, resampling=resampling, retry=retry
+        )
+
+
+def _read_error(err: Exception, items: Sequence[pystac.Item], retry: Retry) -> AssetReadError:
+    message = str(err)
+    url = _URL_IN_MESSAGE.search(message)
+    what = _asset_of(url.group(1), items) if url else "an asset"
+    return AssetReadError(
+        f"could not read {what} after {retry.retries} retries with back-off: {message[:300]}; "
+        "check that the file exists and is reachable (signed URLs expire: rerun to re-sign)"
+    )
+
+
+def _back_off(err: Exception, attempt: int, retry: Retry) -> None:
+    delay = retry.backoff_s * 2**attempt
+    log.warning("read failed (%s); retrying in %.1f s", str(err)[:200], delay)
+    retry.sleep(delay)
+
+
+def _read_stackstac(
+    items: Sequence[pystac.Item],
+    assets: Sequence[str],
+    grid: Grid,
+    *,
+    dtype: np.dtype,
+    fill_value: float | int | np.floating[Any],
+    resampling: str,
+    retry: Retry,
+) -> np.ndarray:
+    """(item, asset, y, x) through stackstac's warped reads (any CRS, any alignment, any resampling)."""
     import dask
     import stackstac
     from rasterio.enums import Resampling
@@ -140,16 +305,8 @@ def read(
                 return np.asarray(lazy.compute().values)
         except (RuntimeError, OSError) as err:
             if attempt >= retry.retries:
-                message = str(err)
-                url = _URL_IN_MESSAGE.search(message)
-                what = _asset_of(url.group(1), items) if url else "an asset"
-                raise AssetReadError(
-                    f"could not read {what} after {retry.retries} retries with back-off: {message[:300]}; "
-                    "check that the file exists and is reachable (signed URLs expire: rerun to re-sign)"
-                ) from err
-            delay = retry.backoff_s * 2**attempt
-            log.warning("read failed (%s); retrying in %.1f s", str(err)[:200], delay)
-            retry.sleep(delay)
+                raise _read_error(err, items, retry) from err
+            _back_off(err, attempt, retry)
             attempt += 1
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pystac
@@ -391,3 +392,62 @@ def test_clear_median_equals_nanmedian() -> None:
     clear[:, 0, 0] = False  # a pixel never clear
     expected = np.nanmedian(np.where(clear, values.astype(np.float64), np.nan), axis=0)
     np.testing.assert_array_equal(clear_median(values, clear), expected)
+
+
+# --- reads: the direct windowed read gives stackstac's pixels exactly ----------------------------------
+
+
+def _read_inputs(grid_bounds: tuple[float, float, float, float]) -> tuple[list[pystac.Item], Any, Any]:
+    from ingest.load import Grid, Retry
+
+    s2 = [pystac.Item.from_dict(d) for d in sample_items()[0][:3]]
+    site = load_site()
+    box = TileBox(site.epsg, grid_bounds, 10.0)
+    return s2, Grid.of(box), Retry(retries=0, backoff_s=0.0)
+
+
+@pytest.mark.parametrize(
+    "bounds",
+    [
+        SITE_BOUNDS,  # the rasters' own extent
+        (574400.0, 5621600.0, 575600.0, 5622800.0),  # wider: no data around, 20 m edges on the grid
+        (574700.0, 5621820.0, 575100.0, 5622240.0),  # inside, 20 m pixels cut in the middle at the edges
+    ],
+)
+def test_direct_read_equals_stackstac(bounds: tuple[float, float, float, float]) -> None:
+    """10 m, 20 m and SCL assets on the grid: the direct read is pixel for pixel stackstac's nearest read,
+    nodata and outside-footprint pixels included."""
+    from ingest.load import _read_direct, _read_stackstac, gdal_env
+
+    items, grid, retry = _read_inputs(bounds)
+    assets = ["B02", "B8A", "B11", "SCL"]
+    kw: dict[str, Any] = {"dtype": np.dtype("uint16"), "fill_value": np.uint16(0), "resampling": "nearest"}
+    direct = _read_direct(items, assets, grid, env=gdal_env(0, 0.0), **kw)
+    assert direct is not None
+    warped = _read_stackstac(items, assets, grid, retry=retry, **kw)
+    assert direct.shape == warped.shape == (len(items), len(assets), *grid.shape)
+    assert (direct > 0).any()
+    np.testing.assert_array_equal(direct, warped)
+
+
+def test_unaligned_grid_falls_back_to_stackstac() -> None:
+    """A grid whose pixel edges miss the rasters' (5 m off) is read through the warper, as before."""
+    from ingest.load import _read_direct, _read_stackstac, gdal_env, read
+
+    bounds = (574685.0, 5621805.0, 575285.0, 5622405.0)
+    items, grid, retry = _read_inputs(bounds)
+    kw: dict[str, Any] = {"dtype": np.dtype("uint16"), "fill_value": np.uint16(0), "resampling": "nearest"}
+    assert _read_direct(items, ["B02"], grid, env=gdal_env(0, 0.0), **kw) is None
+    np.testing.assert_array_equal(
+        read(items, ["B02", "B11"], grid, retry=retry, **kw),
+        _read_stackstac(items, ["B02", "B11"], grid, retry=retry, **kw),
+    )
+
+
+def test_bilinear_of_coarser_band_goes_through_the_warper() -> None:
+    from ingest.load import _read_direct, gdal_env
+
+    items, grid, _ = _read_inputs(SITE_BOUNDS)
+    kw: dict[str, Any] = {"dtype": np.dtype("uint16"), "fill_value": np.uint16(0)}
+    assert _read_direct(items, ["B02"], grid, env=gdal_env(0, 0.0), resampling="bilinear", **kw) is not None
+    assert _read_direct(items, ["B11"], grid, env=gdal_env(0, 0.0), resampling="bilinear", **kw) is None
