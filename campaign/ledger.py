@@ -6,6 +6,7 @@ Layout under the campaign output (any fsspec URL)::
     ledger/journal/<stamp>-<writer>-<tile_id>.json
                                     one object per record written: the tile's whole record (state,
                                     attempts with their worker and GPU, timings) as of that write
+                                    (``put_many``: several records in one object, one a line)
     ledger/index/<as_of>-<id>.idx   the compacted index: every tile's latest record as of a point, in
                                     one object (zstd: a JSON header with each tile's id, stamp and a
                                     digest of what the report needs, then the records, one a line)
@@ -38,6 +39,7 @@ Records in an index are parsed only when asked for (:meth:`Ledger.get`); the sta
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import threading
@@ -427,9 +429,9 @@ class Ledger:
         if len(contents) != len(names):
             raise _VanishedError(next(n for n in names if n not in contents))
         for name in sorted(names, key=_stamp_of):
-            data = contents[name]
-            record = self._parse(data, f"{JOURNAL_DIR}/{name}")
-            self._apply(record.tile_id, _stamp_of(name), record, data)
+            for line in contents[name].split(b"\n"):  # one record, or a batch of put_many, a line each
+                record = self._parse(line, f"{JOURNAL_DIR}/{name}")
+                self._apply(record.tile_id, _stamp_of(name), record, line)
             self._journal.add(name)
 
     def _merge_index(self, name: str, data: bytes) -> None:
@@ -452,15 +454,20 @@ class Ledger:
                 "delete it and rerun (the tiles it held are then redone)"
             ) from None
         view = memoryview(payload)
-        offset = split + 1
-        for tile_id, stamp, digest, length in zip(ids, stamps, digests, lengths, strict=True):
+        starts = list(itertools.accumulate((n + 1 for n in lengths), initial=split + 1))
+        slices: list[bytes | memoryview] = [view[a : a + n] for a, n in zip(starts, lengths, strict=False)]
+        self._last_stamp = max(self._last_stamp, max(stamps, default=0))
+        if not self._stamps:  # the usual case, one index: build the tables at C speed
+            self._stamps = dict(zip(ids, stamps, strict=True))
+            self._digests = dict(zip(ids, digests, strict=True))
+            self._json = dict(zip(ids, slices, strict=True))
+            return
+        for tile_id, stamp, digest, record_json in zip(ids, stamps, digests, slices, strict=True):
             if stamp > self._stamps.get(tile_id, -1):
                 self._records.pop(tile_id, None)
-                self._json[tile_id] = view[offset : offset + length]
+                self._json[tile_id] = record_json
                 self._stamps[tile_id] = stamp
                 self._digests[tile_id] = digest
-            self._last_stamp = max(self._last_stamp, stamp)
-            offset += length + 1
 
     def _parse(self, data: bytes | memoryview, where: str) -> TileRecord:
         try:
@@ -519,6 +526,11 @@ class Ledger:
                 tuple((f[0], f[1], f[2], f[3], f[4], tuple(f[5])) for f in fits),
             )
 
+    def digest_rows(self) -> Iterator[tuple[str, str, str | None, list[list[Any]]]]:
+        """:meth:`digests` as plain rows (state and stage as strings, fits as lists): the fast form."""
+        for tile_id, (state, failed_stage, fits) in self._digests.items():
+            yield tile_id, state, failed_stage, fits
+
     @property
     def records(self) -> Mapping[str, TileRecord]:
         """A read-only view of every record (parsed when accessed)."""
@@ -542,6 +554,32 @@ class Ledger:
             self._apply(record.tile_id, stamp, record, data)
             self._journal.add(name)
             self._since_compact += 1
+            if self._since_compact >= COMPACT_EVERY:
+                self.compact()
+
+    def put_many(self, records: Sequence[TileRecord]) -> None:
+        """Write several records as one journal entry (one write: one fsync, or one PUT).
+
+        All or none of them are stored; a tile given twice keeps its last record.
+        """
+        if not records:
+            return
+        with self._lock:
+            stamp = self._next_stamp()
+            more = f"+{len(records) - 1}" if len(records) > 1 else ""
+            name = f"{stamp:020d}-{self._writer}-{records[0].tile_id}{more}.json"
+            lines = [record.model_dump_json().encode() for record in records]
+            try:
+                self._store.write(f"{JOURNAL_DIR}/{name}", b"\n".join(lines))
+            except OSError as err:
+                raise LedgerError(
+                    f"tiles {records[0].tile_id!r} and {len(records) - 1} more: cannot write their ledger "
+                    f"records: {err}"
+                ) from err
+            for record, line in zip(records, lines, strict=True):
+                self._apply(record.tile_id, stamp, record, line)
+            self._journal.add(name)
+            self._since_compact += len(records)
             if self._since_compact >= COMPACT_EVERY:
                 self.compact()
 

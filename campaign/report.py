@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, computed_field
 
@@ -152,20 +153,22 @@ def build_report(
     but those of failed tiles, whose errors the report lists), which is what keeps ``declouder status``
     fast at hundreds of thousands of tiles.
     """
+    # Rows (tile id, state, failed stage, fit spans): a ledger's digests as stored, or the records'.
+    rows: dict[str, Sequence[Any]]
     if isinstance(records, Ledger):
-        digests = {d.tile_id: d for d in records.digests()}
+        rows = {row[0]: row for row in records.digest_rows()}
         full: Callable[[str], TileRecord | None] = records.get
     else:
         by_id = {r.tile_id: r for r in records}
-        digests = {t: TileDigest.of(r) for t, r in by_id.items()}
+        rows = {t: TileDigest.of(r) for t, r in by_id.items()}
         full = by_id.get
     km2 = dict(planned)
-    in_plan = [digests[t] for t in km2 if t in digests]
-    done = [d for d in in_plan if d.state in DONE_STATES]
-    failed_ids = sorted(d.tile_id for d in in_plan if d.state == TileState.FAILED)
+    in_plan = [rows[t] for t in km2 if t in rows]
+    done = [row[0] for row in in_plan if row[1] in DONE_STATES]
+    failed_ids = sorted(row[0] for row in in_plan if row[1] == TileState.FAILED)
     failed = [r for r in map(full, failed_ids) if r is not None]
-    empty = sum(1 for d in in_plan if d.state == TileState.EMPTY)
-    fits = [f for d in in_plan for f in d.fits]
+    empty = sum(1 for row in in_plan if row[1] == TileState.EMPTY)
+    fits: list[FitSpan] = [f for row in in_plan for f in row[3]]
     seconds = [max(0.0, f[1] - f[0]) for f in fits]
     return CampaignReport(
         name=name,
@@ -182,7 +185,7 @@ def build_report(
         tiles_empty=empty,
         tiles_skipped=skipped,
         km2_planned=sum(km2.values()),
-        km2_done=sum(km2[r.tile_id] for r in done),
+        km2_done=sum(km2[t] for t in done),
         fit_attempts=len(fits),
         worker_deaths=sum(1 for f in fits if f[2] == "worker_died"),
         fit_seconds=sum(seconds),

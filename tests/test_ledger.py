@@ -456,3 +456,15 @@ def test_index_on_s3_endpoint(s3_endpoint: dict[str, object]) -> None:
     assert dict(reread.records) == dict(ledger.records) and len(reread) == 8
     # One index object and one journal entry: two lists and two reads, not one GET per tile.
     assert store.ops["list"] <= 5 and store.ops["read"] == 2, store.ops
+
+
+def test_put_many_writes_one_entry_and_the_last_record_of_a_tile_wins(tmp_path: Path) -> None:
+    ledger = Ledger.open(str(tmp_path))
+    ids = _ids(3)
+    ledger.put_many([_fitted(ids[0]), _fitted(ids[1]), _fitted(ids[0], 2), _record(ids[2])])
+    assert len(list((tmp_path / "journal").iterdir())) == 1
+    reread = Ledger.open(str(tmp_path))
+    assert reread.get(ids[0]) == _fitted(ids[0], 2) and reread.get(ids[2]) == _record(ids[2])
+    assert dict(reread.records) == dict(ledger.records)
+    reread.compact()
+    assert Ledger.open(str(tmp_path)).get(ids[0]) == _fitted(ids[0], 2)
