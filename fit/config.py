@@ -32,6 +32,9 @@ HOLDOUT_SHAPES: tuple[str, ...] = ("pixels", "clouds")
 #: How the correction is checked on the held-out pixels: "off", or one shrinkage factor per band.
 Shrink = Literal["off", "band"]
 SHRINKS: tuple[str, ...] = ("off", "band")
+#: The guide: temporal linear interpolation, or that corrected by a per-tile ridge on the radar.
+GuideModel = Literal["linear", "ridge"]
+GUIDE_MODELS: tuple[str, ...] = ("linear", "ridge")
 
 #: Zhang et al.'s widths, down and up, one per level, and their 4-channel skips (REFERENCE.md).
 PAPER_CHANNELS: tuple[int, ...] = (16, 32, 64, 128, 128, 128)
@@ -77,6 +80,10 @@ class FitConfig:
     #: With the guide: also feed the S1 change, S1 at the date minus S1 interpolated through the same
     #: optical neighbours the guide uses (2 channels; with ``input="noise"`` the same of the noise map).
     s1_change: bool = False
+    #: "ridge": the guide is the interpolation corrected by a per-tile ridge regression of its error on
+    #: the radar (its change from the interpolation through the same neighbours, local means, gaps),
+    #: fitted on the visible clear samples (``fit.declouder.ridge_guide``); "linear": the interpolation.
+    guide_model: GuideModel = "linear"
     # -- training on the task itself (docs/fit.md "The method", step 6) --
     #: Share of the trusted (date, pixel) samples hidden from every input the network sees (the
     #: observation and every date's guide) while it trains, in the series' own cloud shapes, with the
@@ -148,6 +155,8 @@ class FitConfig:
             "guide_gaps and start_at_guide only with guide": self.guide
             or not (self.guide_gaps or self.start_at_guide),
             "s1_change only with guide": self.guide or not self.s1_change,
+            f"guide_model in {GUIDE_MODELS}": self.guide_model in GUIDE_MODELS,
+            "guide_model ridge only with guide": self.guide or self.guide_model == "linear",
             "0 <= hide_fraction < 0.5": 0 <= self.hide_fraction < 0.5,
             "hide_fraction > 0 only with guide": self.guide or self.hide_fraction == 0,
             "hide_weight >= 0": self.hide_weight >= 0,

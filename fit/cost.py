@@ -29,6 +29,8 @@ REFERENCE_BANDS: tuple[str, ...] = (
 S1_CHANNELS = 2
 #: The guide's gap channels (days back and forward) where ``guide_gaps`` is on.
 GAP_CHANNELS = 2
+#: The S1-change channels (VV, VH) where ``s1_change`` is on.
+S1_CHANGE_CHANNELS = 2
 #: NVIDIA H100 SXM5 dense BF16 tensor-core peak, TFLOP/s (NVIDIA H100 Tensor Core GPU datasheet: 1,979
 #: with sparsity, half that dense). A fit never reaches it: see :data:`GPU_THROUGHPUT_TFLOPS`.
 H100_BF16_DENSE_PEAK_TFLOPS = 989.4
@@ -87,7 +89,8 @@ def step_functions(
     """
     plan = spatial_plan(*size, config.depth)
     depth = plan.depth
-    guide_channels = len(bands) + (GAP_CHANNELS if config.guide_gaps else 0) if config.guide else 0
+    extra = (GAP_CHANNELS if config.guide_gaps else 0) + (S1_CHANGE_CHANNELS if config.s1_change else 0)
+    guide_channels = len(bands) + extra if config.guide else 0
     in_channels = S1_CHANNELS + guide_channels
     net = EncoderDecoder3D(
         in_channels,
@@ -140,7 +143,9 @@ def tile_flops(
         plain_flops = _count(plain)
         per_iteration = plain_flops + (per_iteration - plain_flops) / config.perceptual_every
     steps = config.total_iterations(n_dates) if iterations is None else iterations
-    inference = _count(infer) * config.n_windows(n_dates)
+    # With ``shrink``, one more inference pass: the held-out check, then the output from every trusted pixel.
+    passes = 2 if config.shrink != "off" else 1
+    inference = _count(infer) * config.n_windows(n_dates) * passes
     return TileFlops(config.name, per_iteration, steps, per_iteration * steps, inference)
 
 

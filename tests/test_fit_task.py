@@ -19,6 +19,7 @@ from fit.declouder import (
     guide_gaps,
     guide_series,
     paint_shapes,
+    ridge_guide,
     s1_change,
     trusted_clear,
 )
@@ -108,6 +109,8 @@ def test_new_settings_are_off_by_default_and_bad_values_name_the_field() -> None
         "shrink in": dict(guide=True, holdout_fraction=0.2, shrink="pixel"),
         "shrink needs guide and holdout_fraction": dict(guide=True, shrink="band"),
         "s1_change only with guide": dict(s1_change=True),
+        "guide_model in": dict(guide=True, guide_model="mlp"),
+        "guide_model ridge only with guide": dict(guide_model="ridge"),
     }
     for field, changes in bad.items():
         with pytest.raises(FitConfigError, match=field):
@@ -153,6 +156,29 @@ def test_every_input_is_blind_to_samples_it_does_not_see(real_crop: TileArrays) 
     change = s1_change(radar, visible, days)
     expected = radar - temporal_linear(radar, visible, days, leave_one_out=True)
     np.testing.assert_allclose(change, 5.0 * expected, rtol=1e-5, atol=1e-6)
+    # The ridge guide is fitted on visible samples and predicts each from the others: blind as well.
+    guide, changed_guide = guide_series(reflectance, visible, days), guide_series(changed, visible, days)
+    ridge = ridge_guide(reflectance, guide, visible, radar, days)
+    assert np.array_equal(ridge, ridge_guide(changed, changed_guide, visible, radar, days))
+    assert not np.array_equal(ridge, guide) and ((ridge >= 0) & (ridge <= 1)).all()
+
+
+def test_ridge_guide_corrects_the_interpolation_with_the_radar_where_it_can(real_crop: TileArrays) -> None:
+    """On the visible samples it fits, the ridge guide errs less than the interpolation; with too few
+    samples for its features it is the interpolation unchanged."""
+    _, clear = trusted_clear(real_crop.reflectance, real_crop.mask, real_crop.bands, FAST)
+    reflectance = np.nan_to_num(real_crop.reflectance)
+    days = real_crop.days
+    radar = np.nan_to_num(real_crop.s1 + 25.0) / 25.0
+    guide = guide_series(reflectance, clear, days)
+    ridge = ridge_guide(reflectance, guide, clear, radar.astype(np.float32), days)
+    samples = np.moveaxis(reflectance, 1, -1)[clear]
+    assert np.mean((np.moveaxis(ridge, 1, -1)[clear] - samples) ** 2) < np.mean(
+        (np.moveaxis(guide, 1, -1)[clear] - samples) ** 2
+    )
+    few = np.zeros_like(clear)
+    few[:, :2, :2] = clear[:, :2, :2]
+    assert np.array_equal(ridge_guide(reflectance, guide, few, radar.astype(np.float32), days), guide)
 
 
 def test_hidden_samples_reach_no_input_and_the_loss_only_through_their_weight(real_crop: TileArrays) -> None:
