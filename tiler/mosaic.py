@@ -1124,7 +1124,7 @@ def finalize_mosaic(mosaic_url: str, *, storage_options: StorageOptions = None) 
     info = mosaic_info(mosaic_url, storage_options=storage_options)
     group = zarr.open_group(zarr_store(mosaic_url, storage_options), mode="r")
     expected = cast(np.ndarray, zarr_array(group, REGION_EXPECTED)[...]).astype(bool)
-    written = cast(np.ndarray, zarr_array(group, REGION_WRITTEN)[...]).astype(bool)
+    written = _written_cells(group)
     missing = np.argwhere(expected & ~written)
     if missing.size:
         grid = info.grid
@@ -1143,6 +1143,24 @@ def finalize_mosaic(mosaic_url: str, *, storage_options: StorageOptions = None) 
         extra[DAYS_WITH_DATA_ATTR] = json.dumps([str(d) for d in days])
     _set_status(mosaic_url, STATUS_COMPLETE, storage_options, extra)
     return mosaic_info(mosaic_url, storage_options=storage_options)
+
+
+def _written_cells(group: zarr.Group) -> np.ndarray:
+    """``region_written`` as booleans, from one listing of its chunks (a region stores 1, and zarr
+    stores no chunk equal to the fill value 0), instead of one read per cell of the zone."""
+    array = zarr_array(group, REGION_WRITTEN)
+    written = np.zeros(array.shape, dtype=bool)
+    prefix = f"{array.path}/"
+
+    async def keys() -> list[str]:
+        return [key async for key in array.store.list_prefix(prefix)]
+
+    for key in sync(keys()):
+        parts = key[len(prefix) :].split("/")
+        if parts[0] != "c" or len(parts) != 3:
+            continue  # zarr.json
+        written[int(parts[1]), int(parts[2])] = True
+    return written
 
 
 def _set_status(
@@ -1251,6 +1269,6 @@ def region_keys(
     group = zarr.open_group(zarr_store(mosaic_url, storage_options), mode="r")
     todo = cast(np.ndarray, zarr_array(group, REGION_EXPECTED)[...]).astype(bool)
     if pending:
-        todo &= ~cast(np.ndarray, zarr_array(group, REGION_WRITTEN)[...]).astype(bool)
+        todo &= ~_written_cells(group)
     grid = info.grid
     return [grid.cell_tile(int(i), int(j)).tile_id for i, j in np.argwhere(todo)]
