@@ -286,7 +286,8 @@ def _read_s2(
         retry=reads,
         on_batch=lambda done, total: notify(ProgressEvent("s2", done, total, f"{len(days)} dates")),
     )
-    keep = [k for k, d in enumerate(s2_days) if (d.reflectance > 0).all(axis=0).any()]
+    # A pixel has data when every band is > 0, i.e. its smallest band is (uint16: nonzero).
+    keep = [k for k, d in enumerate(s2_days) if d.reflectance.min(axis=0).any()]
     for k in sorted(set(range(len(days))) - set(keep)):
         for item in days[k]:
             report.skip(item, "no valid pixel over the tile (its footprint misses the tile)")
@@ -375,7 +376,7 @@ def _day_time(day: Sequence[pystac.Item]) -> np.datetime64:
 
 
 def _masks(s2: np.ndarray, scl: Sequence[np.ndarray | None], config: IngestConfig) -> np.ndarray:
-    valid = cast(np.ndarray, (s2 > 0).all(axis=1))  # an array: ``all`` over an axis of a 4-D array
+    valid = cast(np.ndarray, s2.min(axis=1) > 0)  # every band > 0 (uint16); one pass, no bool temporary
     snow = None
     if config.cloud_mask == "scl":
         scl_stack = np.stack([np.asarray(s) for s in scl])
@@ -388,7 +389,7 @@ def _masks(s2: np.ndarray, scl: Sequence[np.ndarray | None], config: IngestConfi
         mask = refine_bright(mask, s2, config.bands, snow=snow)
     mask = dilate(mask, config.mask_dilation_px)
     # Pixels without a complete set of bands carry no data in any band.
-    s2[~np.broadcast_to(valid[:, None], s2.shape)] = 0
+    np.multiply(s2, valid[:, None], out=s2)
     return mask
 
 

@@ -22,6 +22,7 @@ in a catalogue is an error to see, not a hole to fill silently.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -41,6 +42,10 @@ log = logging.getLogger(__name__)
 #: Threads reading assets at once. Reads are I/O-bound and GDAL releases the GIL while it waits, so
 #: more threads than cores pay off on remote catalogues (one open costs ~100 ms of HTTP latency).
 READ_THREADS = 16
+#: Threads reading local files (no latency to hide: decoding is the work): one per core. 16 threads on
+#: this 2-core machine burned 1.3–1.8× the CPU of 1–2 threads for the same reads (bench/ingest.py's
+#: files, measured with time.process_time).
+LOCAL_READ_THREADS = os.cpu_count() or 1
 #: Items read by one dask computation: enough to keep READ_THREADS busy across dates, few enough to bound
 #: memory (16 items × 13 assets × 384×768 × 2 B ≈ 120 MB).
 READ_BATCH_ITEMS = 16
@@ -181,6 +186,11 @@ def _read_aligned(
         out[i0:i1, j0:j1] = data[dy + i0 : dy + i1, dx + j0 : dx + j1]
 
 
+def _is_remote(href: str) -> bool:
+    """Whether ``href`` is fetched over a network (http(s), s3, gs, az, /vsicurl/ ...), not a local file."""
+    return ("://" in href and not href.startswith("file://")) or href.startswith("/vsi")
+
+
 def _read_direct(
     items: Sequence[pystac.Item],
     assets: Sequence[str],
@@ -191,7 +201,8 @@ def _read_direct(
     resampling: str,
     env: Any,
 ) -> np.ndarray | None:
-    """(item, asset, y, x) by windowed reads, READ_THREADS at a time; None if any asset is not aligned."""
+    """(item, asset, y, x) by windowed reads, READ_THREADS at a time (LOCAL_READ_THREADS for local
+    files); None if any asset is not aligned."""
     out = np.empty((len(items), len(assets), *grid.shape), dtype=dtype)
 
     def one(k: int, a: int) -> None:
@@ -202,7 +213,9 @@ def _read_direct(
             raise OSError(f"reading '{href}': {err}") from err
 
     jobs = [(k, a) for k in range(len(items)) for a in range(len(assets))]
-    with ThreadPoolExecutor(max_workers=min(READ_THREADS, len(jobs) or 1)) as pool:
+    remote = any(_is_remote(items[k].assets[assets[a]].href) for k, a in jobs)
+    threads = READ_THREADS if remote else LOCAL_READ_THREADS
+    with ThreadPoolExecutor(max_workers=min(threads, len(jobs) or 1)) as pool:
         try:
             list(pool.map(lambda job: one(*job), jobs))
         except _NotAlignedError:
@@ -393,13 +406,19 @@ def load_s2_days(
         for k in batch:
             n = len(days[k])
             offsets = [profile.boa_offset(item)[0] for item in days[k]]
-            refl = np.stack([remove_boa_offset(data[first + i], offsets[i]) for i in range(n)])
-            # ``all`` over an array axis is an array; numpy's stubs also allow a bare bool.
-            valid = cast(np.ndarray, (refl > 0).all(axis=1))
             scl = None
-            if scl_data is not None:
-                scl = first_valid(scl_data[first : first + n], valid)[0].astype(np.uint8)
-            out.append(S2Day(reflectance=first_valid(refl, valid), scl=scl))
+            if n == 1:  # one item that day (the usual case): nothing to mosaic
+                reflectance = remove_boa_offset(data[first], offsets[0])
+                if scl_data is not None:
+                    scl = scl_data[first, 0].astype(np.uint8)
+            else:
+                refl = np.stack([remove_boa_offset(data[first + i], offsets[i]) for i in range(n)])
+                # ``all`` over an array axis is an array; numpy's stubs also allow a bare bool.
+                valid = cast(np.ndarray, (refl > 0).all(axis=1))
+                if scl_data is not None:
+                    scl = first_valid(scl_data[first : first + n], valid)[0].astype(np.uint8)
+                reflectance = first_valid(refl, valid)
+            out.append(S2Day(reflectance=reflectance, scl=scl))
             first += n
         if on_batch is not None:
             on_batch(b + 1, len(batches))
