@@ -340,6 +340,10 @@ def write_tile(
             zarr_format=3,
             consolidated=True,
             encoding=_encoding(out),
+            # Write every chunk, also those all at the fill value: skipping them costs a full scan of each
+            # chunk, ~28 % of the write's CPU time for a 384×768×10 tile (bench/ingest.py's tile), and a
+            # whole date of no data is rare (ingest drops dates without data over the tile).
+            write_empty_chunks=True,
             storage_options=with_retries(url, storage_options) or None,
         )
     _set_status(url, STATUS_COMPLETE, storage_options)
