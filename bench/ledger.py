@@ -58,12 +58,15 @@ TILE = "32631_c9999_r9999"
 RUN = "20261129T101010-abcdef"
 #: One tile in this many failed (its record has an error and a failed stage).
 FAILED_EVERY = 33
+#: The templates' timestamps start at T0 = 1,700,000,000 s; each tile's are shifted (record_json).
+T0 = 1_700_000_000.0
+T0_PREFIX = b"1700000"
 
 
 def templates() -> tuple[bytes, bytes]:
     """JSON of a finished tile's record and of a failed one, with :data:`TILE` as the id."""
     record = TileRecord(tile_id=TILE, epsg=32631, area_km2=25.92)
-    t0 = 1.7e9
+    t0 = T0
     ingest = {
         "tile_id": TILE,
         "out_url": f"s3://bucket/campaign/tiles/{TILE}.zarr",
@@ -158,6 +161,13 @@ def tile_ids(n: int) -> list[str]:
     return [f"32631_c{k % 2000:04d}_r{k // 2000:04d}" for k in range(n)]
 
 
+def record_json(k: int, tile_id: str, done: bytes, failed: bytes) -> bytes:
+    """Tile ``k``'s record: the template with its id, and its own timestamps (every tile's times differ,
+    as in a campaign, so the index compresses like real records, not like copies of one)."""
+    data = (failed if k % FAILED_EVERY == 0 else done).replace(TILE.encode(), tile_id.encode())
+    return data.replace(T0_PREFIX, str(int(T0_PREFIX) + 7 * k + 3).encode())
+
+
 def old_layout(fs: fsspec.AbstractFileSystem, root: str, ids: list[str]) -> int:
     """Write the records as the old layout did (one object per tile); returns the bytes written."""
     done, failed = templates()
@@ -165,9 +175,7 @@ def old_layout(fs: fsspec.AbstractFileSystem, root: str, ids: list[str]) -> int:
     written = 0
     for start in range(0, len(ids), 20_000):
         objects = {
-            f"{root}/{TILES_DIR}/{t}.json": (failed if k % FAILED_EVERY == 0 else done).replace(
-                TILE.encode(), t.encode()
-            )
+            f"{root}/{TILES_DIR}/{t}.json": record_json(k, t, done, failed)
             for k, t in enumerate(ids[start : start + 20_000], start)
         }
         fs.pipe(objects)  # batched (concurrent PUTs on an object store)
@@ -224,10 +232,10 @@ def run(url: str, n: int, storage_options: dict[str, Any] | None, label: str) ->
     assert new_lines == lines, "the report from the index must equal the report from the records"
 
     # Steady state: COMPACT_EVERY more records (a put each), which ends in one compaction.
-    done, _ = templates()
+    done, failed = templates()
     extra = [
-        TileRecord.model_validate_json(done.replace(TILE.encode(), t.encode()))
-        for t in tile_ids(n + COMPACT_EVERY)[n:]
+        TileRecord.model_validate_json(record_json(k, t, done, failed))
+        for k, t in enumerate(tile_ids(n + COMPACT_EVERY)[n:], n)
     ]
     started = time.perf_counter()
     for record in extra:
