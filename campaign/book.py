@@ -19,6 +19,12 @@ from campaign.report import DONE_STATES
 from campaign.workers import StageOutcome, WorkerInfo
 from tiler.grid import TileRef
 
+#: Tile records written to the ledger together, at most: one write (one fsync, or one PUT) for many.
+LEDGER_BATCH = 256
+#: Seconds a changed record may wait in memory before it is written (what a crashed driver can lose:
+#: the tiles whose records were waiting redo their last stage on the rerun; their outputs are whole).
+LEDGER_FLUSH_S = 1.0
+
 #: What becomes of a tile after a failed attempt.
 Verdict = Literal["retry", "failed", "interrupted"]
 
@@ -69,10 +75,14 @@ class TileBook:
         self.base_attempts: dict[tuple[str, Stage], int] = {}
         self.gpu_seconds_fits = 0.0
         self.fits_done = 0
-        #: Time spent writing ledger records, and how many were written, in this run.
+        #: Time spent writing ledger records, the writes (each of one or more records) and the records.
         self.ledger_seconds = 0.0
         self.ledger_writes = 0
+        self.records_written = 0
         self._settled: list[Callable[[str], None]] = []
+        #: Records changed since the last write, by tile (a tile changed twice is written once).
+        self._pending: dict[str, TileRecord] = {}
+        self._flushed_at = time.monotonic()
 
     # ------------------------------------------------------------------ states
     def on_settled(self, listener: Callable[[str], None]) -> None:
@@ -101,23 +111,45 @@ class TileBook:
         state = self.states.get(tile_id)
         if state in DONE_STATES:
             return True
-        record = self.ledger.get(tile_id)
+        record = self.get(tile_id)
         return state == TileState.FAILED and record is not None and record.failed_stage == Stage.MOSAIC
 
     # ------------------------------------------------------------------ ledger records
+    def get(self, tile_id: str) -> TileRecord | None:
+        """The tile's latest record (written or waiting to be), or None."""
+        pending = self._pending.get(tile_id)
+        return pending if pending is not None else self.ledger.get(tile_id)
+
     def record(self, tile_id: str) -> TileRecord:
-        record = self.ledger.get(tile_id)
+        record = self.get(tile_id)
         if record is None:
             tile = self.tiles[tile_id]
             record = TileRecord(tile_id=tile_id, epsg=tile.epsg, area_km2=tile.area_km2)
         return record
 
     def put(self, record: TileRecord) -> None:
+        """Change a tile's record: written with others within :data:`LEDGER_FLUSH_S` (see :meth:`tick`)."""
+        self._pending[record.tile_id] = record
+        self.set_state(record.tile_id, record.state)
+        if len(self._pending) >= LEDGER_BATCH:
+            self.flush()
+
+    def tick(self) -> None:
+        """Write the waiting records if the oldest has waited :data:`LEDGER_FLUSH_S`."""
+        if self._pending and time.monotonic() - self._flushed_at >= LEDGER_FLUSH_S:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write every waiting record, in one ledger write."""
+        self._flushed_at = time.monotonic()
+        if not self._pending:
+            return
         writing = time.perf_counter()
-        self.ledger.put(record)
+        self.ledger.put_many(list(self._pending.values()))
+        self.records_written += len(self._pending)
+        self._pending.clear()
         self.ledger_seconds += time.perf_counter() - writing
         self.ledger_writes += 1
-        self.set_state(record.tile_id, record.state)
 
     def limit(self, stage: Stage) -> int:
         return int(getattr(self.retries, stage.value))

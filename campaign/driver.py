@@ -31,6 +31,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from campaign.book import CampaignProgress, ProgressCallback, TileBook
@@ -47,7 +48,7 @@ from campaign.layout import (
     plan_campaign,
     write_report,
 )
-from campaign.ledger import Ledger, RunRecord, Stage, TileRecord, TileState
+from campaign.ledger import Ledger, RunRecord, Stage, TileState
 from campaign.mosaics import MosaicScheduler
 from campaign.pool import FitActorPool, FitPool, fit_pool
 from campaign.report import DONE_STATES, MOSAIC_COMPLETE, CampaignReport, build_report
@@ -80,6 +81,8 @@ log = logging.getLogger(__name__)
 POLL_S = 0.5
 #: Pause of the loop when nothing is in flight (only actors restarting, to be asked again later).
 IDLE_S = 0.05
+#: Store checks a resume runs at once (small reads; on an object store, requests in flight).
+RESUME_CHECKS = 32
 
 
 def campaign_times(config: CampaignConfig) -> tuple[Any, ...]:
@@ -137,6 +140,10 @@ class CampaignDriver:
         self.ray_seconds = 0.0
         #: When the last fit of the run ended.
         self.last_fit_at: float | None = None
+        #: CPUs of the Ray cluster when the run started.
+        self._cpus = 1.0
+        #: Whether a store is complete, as the resume found it.
+        self._complete: dict[str, bool] = {}
 
     def _queued(self) -> bool:
         return bool(self.ingest.queue or self.fits.queue)
@@ -160,6 +167,7 @@ class CampaignDriver:
                 while self.inflight or self._queued() or self.mosaics.open():
                     self._dispatch()
                     self._collect()
+                    self.book.tick()
             except (KeyboardInterrupt, SystemExit):
                 # Ctrl-C, or SIGTERM (`ray job stop`, a pod's eviction), which Ray's driver turns into
                 # SystemExit: stop cleanly, keep the ledger, report.
@@ -183,15 +191,22 @@ class CampaignDriver:
 
     # ----------------------------------------------------------------- resume
     def _resume(self) -> None:
-        """Queue every tile the ledger does not show as settled (done, empty, or failed for good)."""
-        book = self.book
+        """Queue every tile the ledger does not show as settled (done, empty, or failed for good).
+
+        The ledger's states come from its index without parsing records; a record is parsed only for a
+        failed tile (its retry budget) or with ``--retry-failed``.
+        """
+        book, ledger = self.book, self.ledger
+        self._check_stores()
         for tile_id in self.tiles:
-            record = self.ledger.get(tile_id)
-            if record is not None and self.retry_failed:
+            known = ledger.state(tile_id)
+            if known is not None and self.retry_failed:
+                record = ledger.get(tile_id)
+                assert record is not None
                 for s in Stage:
                     book.base_attempts[(tile_id, s)] = record.attempts_at(s)
-            stage = self._resume_stage(record)
-            state = record.state if record is not None else TileState.PLANNED
+            stage = self._resume_stage(tile_id, known)
+            state = known if known is not None else TileState.PLANNED
             if stage == Stage.INGEST:
                 state = TileState.PLANNED
                 self.ingest.queue.append(tile_id)
@@ -202,21 +217,28 @@ class CampaignDriver:
                 state = TileState.FITTED
             elif state in DONE_STATES:
                 self._skipped += 1
-            if record is not None and record.state != state:
+            if known is not None and known != state:
                 # The ledger said more than the stores hold (a store was deleted by hand) or the tile is
                 # retried: correct the record now, so no report counts it as done meanwhile.
-                record = record.model_copy(
-                    update={"state": state, "failed_stage": None, "error": None, "permanent": False}
+                record = ledger.get(tile_id)
+                assert record is not None
+                ledger.put(
+                    record.model_copy(
+                        update={"state": state, "failed_stage": None, "error": None, "permanent": False}
+                    )
                 )
-                self.ledger.put(record)
             book.set_state(tile_id, state)
-            if record is not None:
-                book.gpu_seconds_fits += record.gpu_seconds()
-        self._gpu_seconds_held_before = sum(r.gpu_seconds_held for r in self.ledger.runs())
+        book.gpu_seconds_fits += sum(
+            max(0.0, fit[1] - fit[0]) * fit[3]
+            for tile_id, _, _, fits in ledger.digest_rows()
+            if tile_id in self.tiles
+            for fit in fits
+        )
+        self._gpu_seconds_held_before = sum(r.gpu_seconds_held for r in ledger.runs())
         opts = self.config.storage_options
         self.mosaics.plan(
             [*self.ingest.queue, *self.fits.queue],
-            self.ledger.zones(),
+            ledger.zones(),
             lambda url: tile_status(url, opts) == "complete",
         )
         self._emit(
@@ -225,30 +247,54 @@ class CampaignDriver:
             f"{len(self.ingest.queue)} to ingest, {len(self.fits.queue)} to fit",
         )
 
-    def _resume_stage(self, record: TileRecord | None) -> Stage | None:
+    def _check_stores(self) -> None:
+        """Ask, concurrently, whether the stores a resume depends on are complete: the fitted store of
+        every tile the ledger shows done, the input store of every tile it shows ingested (one small
+        read each; on an object store, one request each, so they go out together)."""
+        urls = []
+        for tile_id in self.ledger.tile_ids():
+            state = self.ledger.state(tile_id)
+            if tile_id not in self.tiles:
+                continue
+            if state in DONE_STATES:
+                urls.append(self.layout.fitted(tile_id))
+            elif state == TileState.INGESTED:
+                urls.append(self.layout.ingested(tile_id))
+        if not urls:
+            return
+        opts = self.config.storage_options
+        with ThreadPoolExecutor(max_workers=RESUME_CHECKS) as pool:
+            done = pool.map(lambda url: tile_status(url, opts) == "complete", urls)
+            self._complete = dict(zip(urls, done, strict=True))
+
+    def _is_complete(self, url: str) -> bool:
+        known = self._complete.get(url)
+        return known if known is not None else tile_status(url, self.config.storage_options) == "complete"
+
+    def _resume_stage(self, tile_id: str, state: TileState | None) -> Stage | None:
         """The stage a tile resumes at, or None when it needs nothing (done, empty, failed for good).
 
         Done means the ledger says so AND the output is committed: the ledger is written after the
         store, but a store can be deleted by hand; then the tile is redone rather than counted.
         """
-        if record is None:
+        if state is None:
             return Stage.INGEST
-        if record.state == TileState.EMPTY:
+        if state == TileState.EMPTY:
             return None
-        opts = self.config.storage_options
-        tile_id = record.tile_id
-        fitted = lambda: tile_status(self.layout.fitted(tile_id), opts) == "complete"  # noqa: E731
-        ingested = lambda: tile_status(self.layout.ingested(tile_id), opts) == "complete"  # noqa: E731
-        if record.state == TileState.FAILED:
+        fitted = lambda: self._is_complete(self.layout.fitted(tile_id))  # noqa: E731
+        ingested = lambda: self._is_complete(self.layout.ingested(tile_id))  # noqa: E731
+        if state == TileState.FAILED:
+            record = self.ledger.get(tile_id)
+            assert record is not None
             stage = record.failed_stage or Stage.INGEST
             if not self.retry_failed and (record.permanent or not self.book.may_retry(record, stage)):
                 return None
             if stage == Stage.MOSAIC and fitted():
                 return Stage.MOSAIC
             return Stage.FIT if stage != Stage.INGEST and ingested() else Stage.INGEST
-        if record.state in DONE_STATES and fitted():
+        if state in DONE_STATES and fitted():
             return None
-        if record.state != TileState.PLANNED and ingested():
+        if state != TileState.PLANNED and ingested():
             return Stage.FIT
         return Stage.INGEST
 
@@ -283,8 +329,14 @@ class CampaignDriver:
                 ("mosaic_outputs", workers.mosaic_outputs),
             )
         }
-        cpus = float(ray.cluster_resources().get("CPU", 1.0))
-        self.mosaics.start(mosaic_tasks, max(1, math.floor(cpus / resources.mosaic_cpus)))
+        self._cpus = float(ray.cluster_resources().get("CPU", 1.0))
+        self.mosaics.start(mosaic_tasks, self._mosaic_slots())
+
+    def _mosaic_slots(self) -> int:
+        """Mosaic tasks that may run at once: as many as the cluster's CPUs hold. Ray queues them with the
+        ingest tasks by the CPUs each asks for, so the streaming mosaic keeps pace with the fits (a
+        mosaic held back while tiles are ingested is a backlog written after the last fit)."""
+        return max(1, math.floor(self._cpus / self.config.resources.mosaic_cpus + 1e-9))
 
     # ----------------------------------------------------------------- the loop
     def _dispatch(self) -> None:
@@ -410,8 +462,9 @@ class CampaignDriver:
         return time.perf_counter() - self._loop_started - self._wait_seconds
 
     def _finish(self, interrupted: bool, held: float) -> CampaignReport:
-        ended = time.time()
         book = self.book
+        book.flush()
+        ended = time.time()
         done = book.done()
         pool = self.fits.pool
         self.ledger.put_run(
@@ -446,6 +499,8 @@ class CampaignDriver:
             outputs={z.mosaic_url: z.outputs for z in self.ledger.zones().values()},
         )
         write_report(report, self.config.output, self.config.storage_options)
+        # Fold this run's journal into the index, so the next status or resume reads one object.
+        self.ledger.close()
         self._emit("finished", f"{done}/{len(self.tiles)} tiles done")
         return report
 

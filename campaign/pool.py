@@ -242,7 +242,7 @@ class FitActorPool:
         tile = self.book.tiles[tile_id]
         for dc, dr in WARM_NEIGHBOURS:
             near = TileRef(tile.epsg, tile.col + dc, tile.row + dr, tile.size, tile.overlap, tile.resolution)
-            record = self.book.ledger.get(near.tile_id)
+            record = self.book.get(near.tile_id)
             if record is None or self.book.state(near.tile_id) not in DONE_STATES or not record.fit:
                 continue
             weights = record.fit.get("weights_url")
