@@ -1174,8 +1174,14 @@ def _set_status(
         zarr.consolidate_metadata(store)
 
 
-def open_mosaic(mosaic_url: str, *, storage_options: StorageOptions = None) -> xr.Dataset:
-    """Open a finished mosaic lazily (xarray + rioxarray ready); refuse one still being written."""
+def open_mosaic(mosaic_url: str, *, storage_options: StorageOptions = None, chunks: Any = None) -> xr.Dataset:
+    """Open a finished mosaic lazily (xarray + rioxarray ready); refuse one still being written.
+
+    By default without dask (``chunks=None``): a selection reads only the chunks it needs, whatever the
+    zone's size. A zone has one inner chunk per day and cell (60,040 cells × 365 days is 22 million),
+    and a dask graph of that many blocks makes even a one-day read take minutes; pass ``chunks`` (as
+    to ``xarray.open_zarr``) for dask arrays over a selection you make small first.
+    """
     info = mosaic_info(mosaic_url, storage_options=storage_options)
     if info.status != STATUS_COMPLETE:
         raise MosaicIncompleteError(
@@ -1185,7 +1191,10 @@ def open_mosaic(mosaic_url: str, *, storage_options: StorageOptions = None) -> x
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*Consolidated metadata.*")
         return xr.open_zarr(
-            mosaic_url, zarr_format=3, storage_options=dict(storage_options) if storage_options else None
+            mosaic_url,
+            zarr_format=3,
+            chunks=chunks,
+            storage_options=dict(storage_options) if storage_options else None,
         )
 
 
