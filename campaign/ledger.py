@@ -612,7 +612,7 @@ class Ledger:
 
     def _write_index(self) -> str:
         ids = list(self._stamps)
-        parts = [bytes(self._json[t]) for t in ids]
+        parts = [self._json[t] for t in ids]  # views into the loaded index: joined without copies
         header = {
             "format": INDEX_FORMAT,
             "as_of": max(self._stamps.values(), default=0),
