@@ -2,9 +2,10 @@
 tests) and answers some of them itself with ``503 SlowDown``, as S3 does when a prefix's request rate
 is too high.
 
-Which requests are throttled is a rule on the request's number (1-based, in arrival order): the first
-``first`` requests, then every ``every``-th one. Throttled requests are read in full and never reach
-the endpoint, so a retried request is the only way its effect happens.
+Which requests are throttled is a rule on the request's number (1-based, in arrival order, counted over
+all requests or per HTTP method): the first ``first`` requests, then every ``every``-th one. Throttled
+requests are read in full and never reach the endpoint, so a retried request is the only way its
+effect happens.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class ThrottleLog:
     """What the proxy did: requests seen, and the method and path of each one it answered 503."""
 
     requests: int = 0
+    by_method: dict[str, int] = field(default_factory=dict)
     throttled: list[tuple[str, str]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -42,10 +44,12 @@ class ThrottleLog:
 
 @dataclass(frozen=True)
 class ThrottleRule:
-    """Throttle the first ``first`` requests, then every ``every``-th (0: none)."""
+    """Throttle the first ``first`` requests, then every ``every``-th (0: none); numbers counted per HTTP
+    method if ``per_method`` (so every method meets throttling, whatever the order of requests)."""
 
     first: int = 0
     every: int = 0
+    per_method: bool = False
 
     def __post_init__(self) -> None:
         if self.first < 0 or self.every < 0:
@@ -81,7 +85,8 @@ def _handler(target: str, rule: ThrottleRule, log: ThrottleLog) -> type[BaseHTTP
             body = self._body()
             with log.lock:
                 log.requests += 1
-                number = log.requests
+                log.by_method[self.command] = log.by_method.get(self.command, 0) + 1
+                number = log.by_method[self.command] if rule.per_method else log.requests
                 throttle = rule.throttles(number)
                 if throttle:
                     log.throttled.append((self.command, self.path))

@@ -1,8 +1,9 @@
 """An object store that throttles (HTTP 503 SlowDown) is backed off, not failed.
 
-Real components: moto's S3 server on loopback behind a real HTTP proxy (tests/s3_proxy.py) that answers
-``503 SlowDown`` to every third request; real s3fs/botocore clients with declouder's retry settings
-(``tiler.store.S3_RETRIES``); real tile stores (the committed WorldCereal sample) and a real ledger.
+Real components: moto's S3 server on loopback behind a real HTTP proxy (tests/s3_proxy.py) that
+answers ``503 SlowDown`` to every n-th request of each method; real s3fs/botocore clients with
+declouder's retry settings (``tiler.object_store.S3_RETRIES``); real tile stores (the committed
+WorldCereal sample) and a real ledger.
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ from campaign.ledger import Ledger, TileRecord
 from tiler.object_store import S3_RETRIES, with_retries
 from tiler.store import open_tile, tile_status, write_tile
 
-#: Tile stores: every 12th request answered 503 (a small tile's write and read are ~300 requests, mostly
-#: small metadata objects; each 503 costs a random back-off of up to 1 s, so this keeps the test short).
+#: Tile stores: every 12th request of each method answered 503 (a small tile's write and read are ~300
+#: requests, mostly small metadata objects; each 503 costs a random back-off of up to 1 s, so this keeps
+#: the test short).
 TILE_EVERY = 12
-#: Ledger: every third request answered 503 (one PUT per record).
+#: Ledger: every third request of each method answered 503 (one PUT per record).
 LEDGER_EVERY = 3
 
 Throttled = Callable[[int], AbstractContextManager[tuple[dict[str, Any], ThrottleLog]]]
@@ -33,12 +35,13 @@ Throttled = Callable[[int], AbstractContextManager[tuple[dict[str, Any], Throttl
 
 @pytest.fixture
 def throttled_s3(s3_endpoint: dict[str, Any]) -> Throttled:
-    """Storage options that reach moto through a proxy throttling every ``every``-th request, and its log."""
+    """Storage options that reach moto through a proxy throttling every ``every``-th request of each
+    HTTP method, and the proxy's log."""
 
     @contextmanager
     def proxy(every: int) -> Iterator[tuple[dict[str, Any], ThrottleLog]]:
         target = s3_endpoint["client_kwargs"]["endpoint_url"]
-        with throttling_proxy(target, ThrottleRule(every=every)) as (url, log):
+        with throttling_proxy(target, ThrottleRule(every=every, per_method=True)) as (url, log):
             options = {**s3_endpoint, "client_kwargs": {**s3_endpoint["client_kwargs"], "endpoint_url": url}}
             options["skip_instance_cache"] = True  # a fresh client: no connection reused across proxies
             yield options, log
@@ -65,7 +68,7 @@ def test_tile_store_write_and_read_ride_out_throttling(
     assert after_write > 0, "the proxy throttled no write"
     assert len(log.throttled) > after_write, "the proxy throttled no read"
     assert {"PUT", "GET"} <= log.methods_throttled()
-    assert len(log.throttled) == log.requests // TILE_EVERY
+    assert len(log.throttled) == sum(n // TILE_EVERY for n in log.by_method.values())
 
 
 def test_ledger_writes_ride_out_throttling(s3_endpoint: dict[str, Any], throttled_s3: Throttled) -> None:
