@@ -222,6 +222,11 @@ class FitConfig:
         return cls(masks=masks, **values)
 
 
+#: ``fast``'s feather width (px): a kept pixel next to a fill is 1/4 observed, 3/4 fitted, the fourth
+#: pixel in fully observed. On the quick suite the seam ratio at the fill's edge fell from 1.39 / 1.62
+#: (hard switch) to 1.27 / 1.05-1.14 with it (wc-summer / wc-winter partial, oracle; docs/fit.md).
+FEATHER_PX = 3
+
 #: Device the reference seconds below are quoted for. They are ESTIMATES, not measurements (no GPU was
 #: available to measure them): FLOPs per 30-date 384×768 tile counted by fit.cost.tile_flops
 #: (``python bench/fit_cost.py --sections flops``) at the conservative achieved throughput of
@@ -251,6 +256,10 @@ FAST = FitConfig(
     perceptual_weight=0.0,
     guide=True,
     keep_clear=True,
+    # Blend observed into fitted over 3 px at the fill's edge (docs/fit.md, method step 10). The guard
+    # (start_at_guide + shrink) and training on hidden samples are options, not in fast: measured on
+    # the quick suite they cost more than they gained (docs/fit.md "Presets").
+    feather_px=FEATHER_PX,
     # 208 TFLOP per reference tile (260 steps of 0.775 TFLOP + inference): see ESTIMATED_ON.
     seconds_per_tile_reference=12.0,
     reference_device=ESTIMATED_ON,
