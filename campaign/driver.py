@@ -514,7 +514,7 @@ def campaign_status(config: CampaignConfig) -> CampaignReport:
     last = runs[-1] if runs else None
     zones = ledger.zones()
     # A zone whose tiles are all empty (sea) has no mosaic to wait for.
-    with_data = {t.epsg for t in tiles if (r := ledger.get(t.tile_id)) is None or r.state != TileState.EMPTY}
+    with_data = {t.epsg for t in tiles if ledger.state(t.tile_id) != TileState.EMPTY}
     mosaics = {}
     for epsg in sorted(with_data):
         url = layout.mosaic(epsg)
