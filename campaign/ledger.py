@@ -308,9 +308,16 @@ class FsspecLedgerStore:
         base = self._path(prefix)
         paths = [f"{base}/{n}" for n in names]
         # One batched call: concurrent GETs on object stores.
-        contents = self._fs.cat(paths, on_error="omit")
+        contents = self._fs.cat(paths, on_error="return")
         self.ops["read"] += len(paths)
-        out = {p[len(base) + 1 :]: bytes(c) for p, c in contents.items() if isinstance(c, bytes | bytearray)}
+        out: dict[str, bytes] = {}
+        for path, content in contents.items():
+            if isinstance(content, FileNotFoundError):
+                continue  # folded into the index and deleted by a compaction since the listing
+            if isinstance(content, BaseException):
+                # A read that failed after the store's retries must not silently drop a record.
+                raise content
+            out[path[len(base) + 1 :]] = bytes(content)
         self.ops["bytes_read"] += sum(len(c) for c in out.values())
         return out
 

@@ -67,6 +67,7 @@ from tiler.errors import (
     TileMismatchError,
 )
 from tiler.grid import DEFAULT_OVERLAP, DEFAULT_RESOLUTION, DEFAULT_TILE_SIZE, TileRef
+from tiler.object_store import with_retries
 from tiler.quality import QUALITY_NODATA, clear_distance_days
 from tiler.store import (
     COMPRESSOR,
@@ -1194,7 +1195,7 @@ def open_mosaic(mosaic_url: str, *, storage_options: StorageOptions = None, chun
             mosaic_url,
             zarr_format=3,
             chunks=chunks,
-            storage_options=dict(storage_options) if storage_options else None,
+            storage_options=with_retries(mosaic_url, storage_options) or None,
         )
 
 
