@@ -486,9 +486,11 @@ def _order_key(summary: dict[str, Any]) -> tuple[bool, int, int, str]:
 
 
 def compare(before: Sequence[dict[str, Any]], after: Sequence[dict[str, Any]]) -> str:
-    """Per case (mean over the seeds each run has): margin, SAM − best and seam, before and after."""
+    """Per case, over the seeds both runs have: margin, SAM − best and seam, before and after."""
+    common = {(r["group"], r["seed"]) for r in before} & {(r["group"], r["seed"]) for r in after}
     groups = {}
-    for label, records in (("before", before), ("after", after)):
+    for label, all_records in (("before", before), ("after", after)):
+        records = [r for r in all_records if (r["group"], r["seed"]) in common]
         by_group: dict[str, list[dict[str, Any]]] = {}
         for r in records:
             by_group.setdefault(r["group"], []).append(r)
@@ -512,9 +514,9 @@ def compare(before: Sequence[dict[str, Any]], after: Sequence[dict[str, Any]]) -
             f"{_fmt(b['s1_noise'])} / {_fmt(a['s1_noise'])}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
-    missing = sorted(set(groups["before"]) ^ set(groups["after"]))
+    missing = sorted({r["group"] for r in (*before, *after)} - set(names))
     if missing:
-        lines.append(f"\n(in one run only: {', '.join(missing)})")
+        lines.append(f"\n(not in both runs for any seed: {', '.join(missing)})")
     return "\n".join(lines)
 
 
