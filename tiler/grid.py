@@ -411,7 +411,12 @@ def _tiles_in_zone(
     for row in range(math.floor(miny / cell_h), math.floor(maxy / cell_h) + 1):
         cells = shapely.box(cols * cell_w, row * cell_h, (cols + 1) * cell_w, (row + 1) * cell_h)
         # Interiors must meet: a cell that only touches the area along an edge adds nothing to cover.
-        for col in cols[shapely.relate_pattern(cells, part, "T********")]:
+        # ``relate_pattern`` cannot use the prepared area, so it is asked only of the cells on the area's
+        # boundary; cells well inside (most of a large area) pass the prepared ``contains_properly``.
+        keep = shapely.contains_properly(part, cells)
+        edge = ~keep & shapely.intersects(part, cells)
+        keep[edge] = shapely.relate_pattern(cells[edge], part, "T********")
+        for col in cols[keep]:
             yield TileRef(epsg, int(col), row, size, overlap, resolution)
 
 
