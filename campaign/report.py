@@ -6,7 +6,7 @@ campaign resumed five times counts each tile once and each GPU-second once.
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -18,6 +18,8 @@ from campaign.ledger import FitSpan, Ledger, RunRecord, Stage, TileDigest, TileR
 HOUR_S = 3600.0
 DONE_STATES = frozenset({TileState.FITTED, TileState.MOSAICKED})
 MOSAIC_COMPLETE = "complete"
+#: Failed tiles the text summary names one by one; the rest are counted by reason.
+FAILED_LISTED = 20
 
 
 class _Frozen(BaseModel):
@@ -238,7 +240,20 @@ def summary_lines(report: CampaignReport) -> list[str]:
     for url, state in report.mosaics.items():
         lines.append(f"mosaic ({state}): {url}")
         lines.extend(f"  {kind}: {where}" for kind, where in report.outputs.get(url, {}).items())
-    for tile in report.failed:
-        kind = "bad input" if tile.permanent else f"after {tile.attempts} attempts"
-        lines.append(f"FAILED {tile.tile_id} at {tile.stage} ({kind}): {tile.error}")
+    for tile in report.failed[:FAILED_LISTED]:
+        lines.append(f"FAILED {tile.tile_id} at {tile.stage} ({_failure_kind(tile)}): {tile.error}")
+    rest = report.failed[FAILED_LISTED:]
+    if rest:
+        # At continental scale thousands of tiles can fail for one reason: group the rest by reason.
+        reasons = Counter((t.stage, _failure_kind(t), t.error) for t in rest)
+        lines.append(
+            f"... and {len(rest):,} more failed tiles (every one in `declouder status --json`), by reason:"
+        )
+        lines.extend(
+            f"  {n:,} at {stage} ({kind}): {error}" for (stage, kind, error), n in reasons.most_common()
+        )
     return lines
+
+
+def _failure_kind(tile: FailedTile) -> str:
+    return "bad input" if tile.permanent else f"after {tile.attempts} attempts"

@@ -27,7 +27,7 @@ from campaign.ledger import (
     TileRecord,
     TileState,
 )
-from campaign.report import build_report, gpu_use, max_overlap
+from campaign.report import FAILED_LISTED, build_report, gpu_use, max_overlap, summary_lines
 
 
 def _attempt(stage: Stage, number: int, outcome: str = "ok", **kw: object) -> Attempt:
@@ -468,3 +468,31 @@ def test_put_many_writes_one_entry_and_the_last_record_of_a_tile_wins(tmp_path: 
     assert dict(reread.records) == dict(ledger.records)
     reread.compact()
     assert Ledger.open(str(tmp_path)).get(ids[0]) == _fitted(ids[0], 2)
+
+
+def test_summary_names_the_first_failures_and_counts_the_rest_by_reason() -> None:
+    ids = _ids(FAILED_LISTED + 7)
+    reasons = ["cloudy", "no clear pixel"]
+    records = [_fitted(t).failed(Stage.FIT, reasons[k % 2], permanent=True) for k, t in enumerate(ids)]
+    report = build_report(
+        name="t",
+        output="/o",
+        fingerprint="f",
+        run_id="r",
+        started=0,
+        ended=100,
+        interrupted=False,
+        planned=[(t, 25.0) for t in ids],
+        records=records,
+        runs=[],
+        skipped=0,
+        fits_per_gpu=2,
+    )
+    lines = summary_lines(report)
+    named = [line for line in lines if line.startswith("FAILED ")]
+    assert len(named) == FAILED_LISTED
+    assert any(line.startswith("... and 7 more failed tiles") for line in lines)
+    grouped = {line.strip() for line in lines if line.startswith("  ") and " at fit " in line}
+    rest = [reasons[k % 2] for k in range(FAILED_LISTED, len(ids))]
+    assert grouped == {f"{rest.count(r)} at fit (bad input): {r}" for r in set(rest)}
+    assert len(report.failed) == len(ids)  # the JSON report still lists every one
