@@ -243,43 +243,6 @@ class MosaicGridSpec:
     resolution: float
 
 
-def mosaic_init(
-    mosaic_url: str,
-    zone: str,
-    fitted: Mapping[str, str],
-    keys: tuple[str, ...],
-    grid: MosaicGridSpec,
-    storage_options: Mapping[str, Any] | None,
-) -> StageOutcome:
-    """Ray task: write (or keep) a zone's mosaic template. ``summary['fresh']``: every region must be written.
-
-    A template that still matches the fitted tiles (same grid, bands and dates) is kept, so regions
-    written by an earlier run stay; one that does not (a rerun fitted a tile with a new date) is replaced.
-    """
-    from tiler.errors import OutputExistsError
-    from tiler.mosaic import init_mosaic
-
-    def work() -> dict[str, Any]:
-        init = functools.partial(
-            init_mosaic,
-            mosaic_url,
-            fitted,
-            keys=keys,
-            size=grid.size,
-            overlap=grid.overlap,
-            resolution=grid.resolution,
-            storage_options=storage_options,
-        )
-        try:
-            init(resume=True)
-            return {"fresh": False}
-        except OutputExistsError:
-            init(overwrite=True)
-            return {"fresh": True}
-
-    return run_stage(zone, Stage.MOSAIC, current_worker(f"mosaic-{os.getpid()}"), work)
-
-
 def mosaic_template(
     mosaic_url: str,
     zone: str,
