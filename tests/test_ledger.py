@@ -251,6 +251,23 @@ def _fitted(tile_id: str, n: int = 1, *, node: str = "n1") -> TileRecord:
     return record
 
 
+def _report_kwargs(ids: list[str]) -> dict[str, Any]:
+    """``build_report``'s arguments other than the records, for a run that planned ``ids``."""
+    return dict(
+        name="t",
+        output="/o",
+        fingerprint="f",
+        run_id="r",
+        started=0,
+        ended=100,
+        interrupted=False,
+        planned=[(t, 25.0) for t in ids],
+        runs=[],
+        skipped=0,
+        fits_per_gpu=2,
+    )
+
+
 def _ids(n: int) -> list[str]:
     return [f"32631_c{c:04d}_r0001" for c in range(n)]
 
@@ -283,19 +300,7 @@ def test_report_from_the_index_equals_the_report_from_records(tmp_path: Path) ->
         ledger.put(_fitted(tile_id, 1 + k % 3, node=f"n{k % 2}"))
     ledger.put(_fitted(ids[10]).failed(Stage.FIT, "cloudy", permanent=True))
     ledger.compact()
-    kwargs: dict[str, Any] = dict(
-        name="t",
-        output="/o",
-        fingerprint="f",
-        run_id="r",
-        started=0,
-        ended=100,
-        interrupted=False,
-        planned=[(t, 25.0) for t in ids],
-        runs=[],
-        skipped=0,
-        fits_per_gpu=2,
-    )
+    kwargs = _report_kwargs(ids)
     reread = Ledger.open(str(tmp_path))
     fast = build_report(records=reread, **kwargs)
     slow = build_report(records=list(reread), **kwargs)
@@ -474,20 +479,7 @@ def test_summary_names_the_first_failures_and_counts_the_rest_by_reason() -> Non
     ids = _ids(FAILED_LISTED + 7)
     reasons = ["cloudy", "no clear pixel"]
     records = [_fitted(t).failed(Stage.FIT, reasons[k % 2], permanent=True) for k, t in enumerate(ids)]
-    report = build_report(
-        name="t",
-        output="/o",
-        fingerprint="f",
-        run_id="r",
-        started=0,
-        ended=100,
-        interrupted=False,
-        planned=[(t, 25.0) for t in ids],
-        records=records,
-        runs=[],
-        skipped=0,
-        fits_per_gpu=2,
-    )
+    report = build_report(records=records, **_report_kwargs(ids))
     lines = summary_lines(report)
     named = [line for line in lines if line.startswith("FAILED ")]
     assert len(named) == FAILED_LISTED
