@@ -13,6 +13,7 @@ import numpy as np
 import xarray as xr
 
 from tiler.grid import TileRef
+from tiler.mosaic import DECLOUDED_SIGMA, SIGMA_NODATA
 from tiler.store import DECLOUDED, S2_NODATA, MaskClass, make_tile, write_tile
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -80,11 +81,13 @@ def write_fitted_tiles(
     *,
     dates_of: Mapping[str, Sequence[str]] | None = None,
     offsets: Mapping[str, int] | None = None,
+    sigmas: Mapping[str, int] | None = None,
 ) -> dict[str, str]:
     """Write one fitted store per tile under ``root``; returns tile id -> URL.
 
     ``dates_of`` restricts a tile to some dates (tiles at orbit edges); ``offsets`` adds a constant to a
-    tile's valid pixels (two independent fits that disagree).
+    tile's valid pixels (two independent fits that disagree); ``sigmas`` gives a tile the fit's σ
+    variable: that constant on every valid pixel, 65535 (unknown) at nodata (tiles not in it have none).
     """
     urls = {}
     for tile in tiles:
@@ -94,6 +97,9 @@ def write_fitted_tiles(
         if offset:
             valid = ds[DECLOUDED] != S2_NODATA
             ds[DECLOUDED] = xr.where(valid, ds[DECLOUDED] + offset, ds[DECLOUDED]).astype(np.uint16)
+        if sigmas is not None and tile.tile_id in sigmas:
+            valid = ds[DECLOUDED] != S2_NODATA
+            ds[DECLOUDED_SIGMA] = xr.where(valid, sigmas[tile.tile_id], SIGMA_NODATA).astype(np.uint16)
         url = str(root / f"{tile.tile_id}.zarr")
         write_tile(ds, url)
         urls[tile.tile_id] = url

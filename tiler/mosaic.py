@@ -60,6 +60,16 @@ import zarr
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
+from tiler.calendar import (
+    SIGMA_MAX,
+    SIGMA_UNKNOWN,
+    SOURCE_MEANINGS,
+    CalendarError,
+    CalendarSteps,
+    calendar_steps,
+    check_cadence,
+    resample_calendar,
+)
 from tiler.errors import (
     MosaicError,
     MosaicIncompleteError,
@@ -90,6 +100,21 @@ if TYPE_CHECKING:
 
 #: The quality layer: days to the nearest clear observation (module docstring).
 QUALITY = "clear_distance_days"
+#: The fit's predicted standard deviation of ``s2_declouded`` (uint16, reflectance × 10000; 65535 =
+#: unknown / no data, 0 = observed as is), in fitted tile stores and in mosaics. Defined here until the
+#: fit stage's constant lands beside DECLOUDED (tiler must not import the torch-heavy fit package).
+DECLOUDED_SIGMA = "s2_declouded_sigma"
+#: σ's nodata / unknown value (the uint16 maximum), and the largest σ stored as a value.
+SIGMA_NODATA = SIGMA_UNKNOWN
+#: Attribute: "true" when the mosaic has a ``s2_declouded_sigma`` variable (decided by the template).
+SIGMA_ATTR = "mosaic_sigma"
+#: Attribute of a mosaic with a calendar beside it: JSON {"store": name beside the mosaic, "cadence": ...}.
+CALENDAR_ATTR = "mosaic_calendar"
+#: Attribute naming what a store is: "mosaic" (per acquisition day) or "calendar" (regular steps).
+PRODUCT_ATTR = "declouder_product"
+#: Calendar stores: where each step's value comes from (tiler.calendar.SOURCE_*), and the bins' bounds.
+CALENDAR_SOURCE = "calendar_source"
+TIME_BOUNDS = "time_bnds"
 #: Refined cloud masks a fit may store beside ``mask`` (same classes); preferred when present.
 MASK_REFINED = "mask_refined"
 #: Which cells the campaign covers (1) on the cell grid: written once by init_mosaic, in one chunk.
@@ -308,6 +333,8 @@ class FittedTile:
     height: int
     width: int
     mask_variable: str
+    #: The store holds the fit's σ (:data:`DECLOUDED_SIGMA`).
+    has_sigma: bool = False
 
 
 def read_fitted_tile(tile: TileRef, url: str, *, storage_options: StorageOptions = None) -> FittedTile:
@@ -363,6 +390,7 @@ def read_fitted_tile(tile: TileRef, url: str, *, storage_options: StorageOptions
         height=int(y.size),
         width=int(x.size),
         mask_variable=MASK_REFINED if MASK_REFINED in ds else MASK,
+        has_sigma=DECLOUDED_SIGMA in ds,
     )
 
 
@@ -403,10 +431,50 @@ class MosaicInfo:
     layout: Layout = "chunked"
     #: Days on which some cell has data (set by finalize; None before, or in a version 1 store).
     days_with_data: tuple[np.datetime64, ...] | None = None
+    #: The store has the fit's σ (:data:`DECLOUDED_SIGMA`).
+    sigma: bool = False
+    #: The calendar written beside this mosaic, if any.
+    calendar: CalendarSpec | None = None
+    #: "mosaic" (a time axis of acquisition days) or "calendar" (regular steps, tiler.calendar).
+    product: str = "mosaic"
 
     @property
     def epsg(self) -> int:
         return self.grid.epsg
+
+    @property
+    def calendar_url(self) -> str | None:
+        """The calendar store beside this mosaic (same folder), if the template asked for one."""
+        if self.calendar is None:
+            return None
+        return f"{self.url.rstrip('/').rsplit('/', 1)[0]}/{self.calendar.store}"
+
+
+@dataclass(frozen=True)
+class CalendarSpec:
+    """A mosaic's calendar: the store's name beside the mosaic, and its cadence (tiler.calendar)."""
+
+    store: str
+    cadence: str
+
+    def to_attrs(self) -> str:
+        return json.dumps({"store": self.store, "cadence": self.cadence})
+
+    @classmethod
+    def from_attrs(cls, text: str) -> CalendarSpec:
+        fields = json.loads(text)
+        return cls(store=str(fields["store"]), cadence=str(fields["cadence"]))
+
+
+def calendar_store_name(mosaic_url: str) -> str:
+    """The calendar's store name beside a mosaic: ``mosaic_32631.zarr`` -> ``calendar_32631.zarr``."""
+    name = mosaic_url.rstrip("/").rsplit("/", 1)[-1]
+    stem = name.removesuffix(".zarr")
+    return (
+        f"calendar_{stem.removeprefix('mosaic_')}.zarr"
+        if stem.startswith("mosaic_")
+        else f"{stem}_calendar.zarr"
+    )
 
 
 @dataclass(frozen=True)
@@ -484,6 +552,8 @@ def init_mosaic_template(
     resume: bool = False,
     overwrite: bool = False,
     layout: Layout = "sharded",
+    sigma: bool = False,
+    cadence: str | None = None,
 ) -> MosaicInfo:
     """Write a zone's mosaic template from the plan: no fitted tile is read.
 
@@ -494,7 +564,15 @@ def init_mosaic_template(
     independent of the number of fitted tiles. An existing store is refused unless ``overwrite``
     (replace it) or ``resume`` (keep it if its template is the same, so regions already written stay;
     a different template is refused with :class:`OutputExistsError`).
+
+    ``sigma``: the mosaic gets a ``s2_declouded_sigma`` variable (the fit's σ blended like the
+    reflectance; tiles without σ give "unknown", 65535). ``cadence`` (tiler.calendar: "10D", "1MS", ...):
+    a calendar store is written beside the mosaic (:func:`calendar_store_name`), on regular steps over the
+    time axis' first to last day, each region filling its cell of both. A bad cadence is refused with
+    :class:`tiler.calendar.CalendarError` before anything is written.
     """
+    if cadence is not None:
+        cadence = check_cadence(cadence)
     if layout not in LAYOUTS:
         raise MosaicError(f"mosaic {mosaic_url!r}: layout {layout!r} is not one of {LAYOUTS}")
     key_tiles = list(
@@ -509,6 +587,10 @@ def init_mosaic_template(
             f"mosaic {mosaic_url!r}: bands {list(band_list)} must be a non-empty list without repeats"
         )
     day_axis = _time_axis(mosaic_url, times)
+    spec = CalendarSpec(calendar_store_name(mosaic_url), cadence) if cadence is not None else None
+    steps = calendar_steps(day_axis[0], day_axis[-1], cadence) if cadence is not None else None
+    if spec is not None and layout != "sharded":
+        raise CalendarError(f"mosaic {mosaic_url!r}: a calendar needs the sharded layout, not {layout!r}")
     status = tile_status(mosaic_url, storage_options)
     if status != "missing":
         if not (resume or overwrite):
@@ -524,19 +606,63 @@ def init_mosaic_template(
                 and np.array_equal(np.array(existing.times, dtype="datetime64[ns]"), day_axis)
                 and existing.layout == layout
                 and existing.n_regions == len(set(key_tiles))
+                and existing.sigma == sigma
+                and existing.calendar == spec
             )
             if same:
                 return existing
             raise OutputExistsError(
-                f"mosaic {mosaic_url!r} exists with another template (grid, bands, dates or layout differ "
-                "from these); resume needs the same plan: pass overwrite to start it again"
+                f"mosaic {mosaic_url!r} exists with another template (grid, bands, dates, layout, σ or "
+                "calendar differ from these); resume needs the same plan: pass overwrite to start it again"
             )
         if status == "complete":  # a delete cut short must not leave a "complete" flag on half a store
             _set_status(mosaic_url, STATUS_WRITING, storage_options)
         fs, path = fsspec.core.url_to_fs(mosaic_url, **dict(storage_options or {}))
         fs.rm(path, recursive=True)
 
-    template = _template(grid, day_axis, band_list, key_tiles, layout)
+    info = MosaicInfo(
+        mosaic_url,
+        grid,
+        tuple(day_axis),
+        band_list,
+        STATUS_WRITING,
+        len(set(key_tiles)),
+        layout,
+        sigma=sigma,
+        calendar=spec,
+    )
+    if steps is not None and info.calendar_url is not None:
+        # The calendar first: a mosaic template that exists always has its calendar beside it.
+        calendar_url = info.calendar_url
+        if tile_status(calendar_url, storage_options) != "missing":
+            _set_status(calendar_url, STATUS_WRITING, storage_options)
+            fs, path = fsspec.core.url_to_fs(calendar_url, **dict(storage_options or {}))
+            fs.rm(path, recursive=True)
+        calendar = _template(
+            grid, steps.times, band_list, key_tiles, layout, sigma=sigma, product="calendar", steps=steps
+        )
+        calendar.attrs["calendar_of"] = mosaic_url.rstrip("/").rsplit("/", 1)[-1]
+        _write_template(
+            calendar_url,
+            calendar,
+            _encoding(grid, len(band_list), steps.starts.size, layout, sigma=sigma, calendar=True),
+            storage_options,
+        )
+    template = _template(grid, day_axis, band_list, key_tiles, layout, sigma=sigma)
+    if spec is not None:
+        template.attrs[CALENDAR_ATTR] = spec.to_attrs()
+    _write_template(
+        mosaic_url,
+        template,
+        _encoding(grid, len(band_list), day_axis.size, layout, sigma=sigma),
+        storage_options,
+    )
+    return info
+
+
+def _write_template(
+    url: str, template: xr.Dataset, encoding: dict[str, dict[str, Any]], storage_options: StorageOptions
+) -> None:
     # As the tile store does: without a ``grid_mapping`` encoding, xarray lists ``spatial_ref`` in each
     # variable's ``coordinates``, so plain ``xr.open_zarr`` brings it back as a coordinate and
     # rioxarray finds the CRS.
@@ -548,17 +674,14 @@ def init_mosaic_template(
         # The imagery, quality and region arrays are lazy placeholders of one dask chunk each:
         # compute=False writes their metadata only, whatever the zone's size.
         template.to_zarr(
-            mosaic_url,
+            url,
             mode="w",
             compute=False,
             zarr_format=3,
             consolidated=True,
-            encoding=_encoding(grid, len(band_list), day_axis.size, layout),
+            encoding=encoding,
             storage_options=dict(storage_options) if storage_options else None,
         )
-    return MosaicInfo(
-        mosaic_url, grid, tuple(day_axis), band_list, STATUS_WRITING, len(set(key_tiles)), layout
-    )
 
 
 def init_mosaic(
@@ -575,6 +698,8 @@ def init_mosaic(
     resume: bool = False,
     progress: Progress | None = None,
     layout: Layout = "sharded",
+    sigma: bool | None = None,
+    cadence: str | None = None,
 ) -> MosaicInfo:
     """Write the template of a zone's mosaic from fitted tiles: their days' union and their bands.
 
@@ -585,7 +710,11 @@ def init_mosaic(
     overlaps. An existing store is refused unless ``overwrite`` (replace it) or ``resume`` (keep it if
     its template matches, so regions already written stay). This reads every tile, one after the
     other: a campaign writes its templates with :func:`init_mosaic_template` from the plan instead.
+    ``sigma``: write the fit's σ (default: when any of the tiles has it); ``cadence``: a calendar beside
+    the mosaic over the tiles' first to last day (:func:`init_mosaic_template`).
     """
+    if cadence is not None:
+        cadence = check_cadence(cadence)
     parsed = _parse_tile_ids(tiles, size=size, overlap=overlap, resolution=resolution)
     key_tiles = (
         list(parsed)
@@ -630,6 +759,8 @@ def init_mosaic(
             resume=resume,
             overwrite=overwrite,
             layout=layout,
+            sigma=any(item.has_sigma for item in fitted) if sigma is None else sigma,
+            cadence=cadence,
         )
     except OutputExistsError as err:
         if "another template" not in str(err):
@@ -641,7 +772,15 @@ def init_mosaic(
 
 
 def _template(
-    grid: MosaicGrid, times: np.ndarray, bands: Sequence[str], keys: Sequence[TileRef], layout: Layout
+    grid: MosaicGrid,
+    times: np.ndarray,
+    bands: Sequence[str],
+    keys: Sequence[TileRef],
+    layout: Layout,
+    *,
+    sigma: bool = False,
+    product: str = "mosaic",
+    steps: CalendarSteps | None = None,
 ) -> xr.Dataset:
     y, x = grid.coords()
     height, width = grid.shape
@@ -692,16 +831,73 @@ def _template(
         flag_values=[QUALITY_NODATA - 1, QUALITY_NODATA],
         flag_meanings="never_observed_clear no_imagery",
     )
+    ds.attrs[PRODUCT_ATTR] = product
+    ds.attrs[SIGMA_ATTR] = "true" if sigma else "false"
+    if sigma:
+        ds[DECLOUDED_SIGMA] = (
+            ("time", "band", "y", "x"),
+            da.full((n_time, n_band, height, width), SIGMA_NODATA, dtype=np.uint16, chunks=-1),
+        )
+        ds[DECLOUDED_SIGMA].attrs.update(
+            units="1",
+            scale_factor_note="reflectance x 10000",
+            long_name="predicted standard deviation of s2_declouded's error (0: observed as is)",
+            nodata=SIGMA_NODATA,
+            propagation=(
+                "sum of the normalised blend weights times the tiles' sigma (errors of overlapping fits "
+                "taken as fully correlated: an upper bound); 65535 where a tile with weight has none"
+            ),
+        )
+    if steps is not None:
+        ds.attrs.update(
+            calendar_cadence=steps.cadence,
+            time_rule=(
+                f"regular steps of {steps.cadence} (pandas date_range, first step rolled back onto the "
+                "offset): time = the bin's start; the value estimates the bin's centre (docs/tiler.md)"
+            ),
+        )
+        ds["time"].attrs["bounds"] = TIME_BOUNDS
+        ds[TIME_BOUNDS] = (("time", "nv"), steps.bounds)
+        ds[TIME_BOUNDS].attrs["long_name"] = "bin start and exclusive end of each step"
+        ds[CALENDAR_SOURCE] = (
+            ("time", "y", "x"),
+            da.zeros((n_time, height, width), dtype=np.uint8, chunks=-1),
+        )
+        ds[CALENDAR_SOURCE].attrs.update(
+            long_name="where the step's value comes from",
+            flag_values=[0, 1, 2, 3],
+            flag_meanings=SOURCE_MEANINGS,
+        )
+        ds[QUALITY].attrs["long_name"] = (
+            "days from the step's bin to the nearest date the pixel was observed clear (0: inside the bin)"
+        )
     ds[REGION_EXPECTED].attrs["long_name"] = "cells of the campaign's tiles (1), north-up"
     ds[REGION_WRITTEN].attrs["long_name"] = "cells whose region is written (1), north-up"
     ds[REGION_DAYS].attrs["long_name"] = "days on which the cell has imagery (1), north-up"
     return georeference(ds, grid.epsg)
 
 
-def _encoding(grid: MosaicGrid, n_band: int, n_time: int, layout: Layout) -> dict[str, dict[str, Any]]:
+def _encoding(
+    grid: MosaicGrid, n_band: int, n_time: int, layout: Layout, *, sigma: bool = False, calendar: bool = False
+) -> dict[str, dict[str, Any]]:
     cell_h, cell_w = grid.cell_shape
     sharded = layout == "sharded"
-    return {
+    extra: dict[str, dict[str, Any]] = {}
+    if sigma:
+        extra[DECLOUDED_SIGMA] = {
+            "chunks": (1, n_band, cell_h, cell_w),
+            **({"shards": (n_time, n_band, cell_h, cell_w)} if sharded else {}),
+            "compressors": (MOSAIC_COMPRESSOR,),
+            "fill_value": SIGMA_NODATA,
+        }
+    if calendar:
+        extra[CALENDAR_SOURCE] = {
+            "chunks": (1, cell_h, cell_w),
+            **({"shards": (n_time, cell_h, cell_w)} if sharded else {}),
+            "compressors": (MOSAIC_COMPRESSOR,),
+            "fill_value": 0,
+        }
+    return extra | {
         DECLOUDED: {
             "chunks": (1, n_band, cell_h, cell_w),
             **({"shards": (n_time, n_band, cell_h, cell_w)} if sharded else {}),
@@ -758,6 +954,9 @@ def mosaic_info(mosaic_url: str, *, storage_options: StorageOptions = None) -> M
             if DAYS_WITH_DATA_ATTR in attrs
             else None
         ),
+        sigma=str(attrs.get(SIGMA_ATTR, "false")) == "true",
+        calendar=CalendarSpec.from_attrs(str(attrs[CALENDAR_ATTR])) if CALENDAR_ATTR in attrs else None,
+        product=str(attrs.get(PRODUCT_ATTR, "mosaic")),
     )
 
 
@@ -783,6 +982,11 @@ def write_mosaic_region(
     """
     started = time.perf_counter()
     info = mosaic_info(mosaic_url, storage_options=storage_options)
+    if info.product != "mosaic":
+        raise MosaicError(
+            f"store {mosaic_url!r} is a {info.product}: regions are written through its mosaic "
+            f"({info.url.rstrip('/').rsplit('/', 1)[0]}/…), which fills both"
+        )
     grid = info.grid
     key_id = key.tile_id if isinstance(key, TileRef) else key
     cell = _key_tile(key_id, grid)
@@ -801,6 +1005,8 @@ def write_mosaic_region(
     if info.status == STATUS_COMPLETE:
         # Rewriting a finished mosaic: it must stop looking finished until finalize runs again.
         _set_status(mosaic_url, STATUS_WRITING, storage_options)
+        if info.calendar_url is not None:
+            _set_status(info.calendar_url, STATUS_WRITING, storage_options)
 
     contributors = _contributors(cell, grid, tiles, info, storage_options)
     y_cell, x_cell = grid.cell_window(cell)
@@ -839,6 +1045,14 @@ def write_mosaic_region(
         _fill_days(imagery, stale, (slice(None), y_cell, x_cell))
         _fill_days(quality_array, stale, (y_cell, x_cell))
 
+    sigma_writer = (
+        _CellWriter(zarr_array(group, DECLOUDED_SIGMA), (slice(None), y_cell, x_cell)) if info.sigma else None
+    )
+    # With a calendar, the cell's blended series stays in memory for it (no re-read of the shard).
+    series_shape = (len(present), n_band, cell_h, cell_w)
+    series = np.zeros(series_shape, dtype=np.uint16) if info.calendar is not None else None
+    sigma_series = np.zeros(series_shape, dtype=np.uint16) if series is not None and info.sigma else None
+
     clear = np.zeros((len(present), cell_h, cell_w), dtype=bool)
     covered = np.zeros_like(clear)
     for item in contributors:
@@ -846,25 +1060,46 @@ def write_mosaic_region(
     has_data = np.zeros(len(present), dtype=bool)
     for k0 in range(0, len(present), DATES_PER_BATCH):
         batch = present[k0 : k0 + DATES_PER_BATCH]
+        span = slice(k0, k0 + len(batch))
         total = np.zeros((len(batch), n_band, cell_h, cell_w), dtype=np.float32)
         weight = np.zeros_like(total)
+        sigma_total = np.zeros_like(total) if sigma_writer is not None else None
+        sigma_unknown = np.zeros(total.shape, dtype=bool) if sigma_writer is not None else None
         for item in contributors:
-            item.add_weighted(batch, total, weight)
+            item.add_weighted(batch, total, weight, sigma_total, sigma_unknown)
         has = weight > 0
         np.divide(total, weight, out=total, where=has)  # renormalise: weights of valid tiles sum to one
         out = np.rint(total, out=total).astype(np.uint16)  # 0 (nodata) where no tile has data
-        del total, weight
-        covered[k0 : k0 + len(batch)] = has.any(axis=1)
-        has_data[k0 : k0 + len(batch)] = has.any(axis=(1, 2, 3))
-        imagery_writer.add(positions[k0 : k0 + len(batch)], out)
+        del total
+        if sigma_writer is not None and sigma_total is not None and sigma_unknown is not None:
+            # σ = Σ ŵ_i σ_i with the same renormalised weights (fully correlated fits: an upper bound).
+            np.divide(sigma_total, weight, out=sigma_total, where=has)
+            sigma_out = np.where(
+                has & ~sigma_unknown, np.minimum(np.rint(sigma_total), SIGMA_MAX), SIGMA_NODATA
+            ).astype(np.uint16)
+            del sigma_total, sigma_unknown
+            sigma_writer.add(positions[span], sigma_out)
+            if sigma_series is not None:
+                sigma_series[span] = sigma_out
+        del weight
+        if series is not None:
+            series[span] = out
+        covered[span] = has.any(axis=1)
+        has_data[span] = has.any(axis=(1, 2, 3))
+        imagery_writer.add(positions[span], out)
         if progress is not None:
             progress(k0 + len(batch), len(present), f"region {key_id}")
     imagery_writer.commit()
+    if sigma_writer is not None:
+        sigma_writer.commit()
 
     if present:
         quality = clear_distance_days(clear & covered, np.array(present, dtype=np.int64), covered=covered)
         quality_writer.add(positions, quality)
     quality_writer.commit()
+    if series is not None:
+        _write_calendar_cell(info, cell, series, sigma_series, clear & covered, present, storage_options)
+        del series, sigma_series
     if region_days is not None:
         days_vector = np.zeros(axis_days.size, dtype=np.uint8)
         days_vector[np.array(positions, dtype=np.int64)[has_data]] = 1
@@ -878,6 +1113,49 @@ def write_mosaic_region(
         bytes_written=dates_written * n_band * cell_h * cell_w * np.dtype(np.uint16).itemsize,
         seconds=time.perf_counter() - started,
     )
+
+
+def _write_calendar_cell(
+    info: MosaicInfo,
+    cell: TileRef,
+    series: np.ndarray,
+    sigma: np.ndarray | None,
+    clear: np.ndarray,
+    present: Sequence[int],
+    storage_options: StorageOptions,
+) -> None:
+    """Resample a region's blended series onto the calendar and write the cell's calendar shards."""
+    url = info.calendar_url
+    assert url is not None and info.calendar is not None
+    axis = np.array(info.times, dtype="datetime64[D]")
+    steps = calendar_steps(axis[0], axis[-1], info.calendar.cadence)
+    group = zarr.open_group(zarr_store(url, storage_options), mode="r+")
+    imagery = zarr_array(group, DECLOUDED)
+    if imagery.shape[0] != steps.starts.size:
+        raise MosaicError(
+            f"calendar {url!r} has {imagery.shape[0]} steps, its mosaic's period and cadence "
+            f"{info.calendar.cadence} give {steps.starts.size}: write the template again (overwrite)"
+        )
+    result = resample_calendar(series, np.array(present, dtype=np.int64), steps, clear=clear, sigma=sigma)
+    y_cell, x_cell = info.grid.cell_window(cell)
+    with_data = (result.source != 0).any(axis=(1, 2))
+    all_steps = list(range(steps.starts.size))
+    layers: list[tuple[str, np.ndarray | None, tuple[slice, ...]]] = [
+        (DECLOUDED, result.values, (slice(None), y_cell, x_cell)),
+        (DECLOUDED_SIGMA, result.sigma, (slice(None), y_cell, x_cell)),
+        (QUALITY, result.clear_distance, (y_cell, x_cell)),
+        (CALENDAR_SOURCE, result.source, (y_cell, x_cell)),
+    ]
+    for name, values, window in layers:
+        if values is None or name not in group:
+            continue
+        writer = _CellWriter(zarr_array(group, name), window)
+        if with_data.any():
+            writer.add(all_steps, values)
+        writer.commit()  # no data in the cell: its shard is removed (an earlier write's too)
+    i, j = info.grid.cell_index(cell)
+    zarr_array(group, REGION_DAYS)[i, j, :] = with_data.astype(np.uint8)
+    zarr_array(group, REGION_WRITTEN)[i, j] = 1
 
 
 class _CellWriter:
@@ -1024,8 +1302,16 @@ class _Contributor:
     weights: np.ndarray
     group: zarr.Group
 
-    def add_weighted(self, days: Sequence[int], total: np.ndarray, weight: np.ndarray) -> None:
-        """Add this tile's weighted values (and weights) for the batch ``days`` to ``total``/``weight``."""
+    def add_weighted(
+        self,
+        days: Sequence[int],
+        total: np.ndarray,
+        weight: np.ndarray,
+        sigma_total: np.ndarray | None = None,
+        sigma_unknown: np.ndarray | None = None,
+    ) -> None:
+        """Add this tile's weighted values (and weights) for the batch ``days`` to ``total``/``weight``;
+        with ``sigma_total``, its weighted σ too, and where it has weight but no σ, ``sigma_unknown``."""
         positions = [k for k, day in enumerate(days) if day in self.date_index]
         if not positions:
             return
@@ -1034,12 +1320,26 @@ class _Contributor:
         # zarr accepts a list of ints per dimension; its OrthogonalSelection type names only arrays.
         selection = cast("OrthogonalSelection", (indices, slice(None), self.src_rows, self.src_cols))
         values = cast(np.ndarray, zarr_array(self.group, DECLOUDED).get_orthogonal_selection(selection))
-        for k, plane in zip(positions, values, strict=True):
+        sigmas = (
+            cast(np.ndarray, zarr_array(self.group, DECLOUDED_SIGMA).get_orthogonal_selection(selection))
+            if sigma_total is not None and self.tile.has_sigma
+            else None
+        )
+        place = (slice(None), self.cell_rows, self.cell_cols)
+        for n, (k, plane) in enumerate(zip(positions, values, strict=True)):
             valid = plane != S2_NODATA
             # Most planes have no nodata at all: then the weights broadcast over the bands as they are.
             w = self.weights if valid.all() else np.where(valid, self.weights, np.float32(0))
-            total[k, :, self.cell_rows, self.cell_cols] += plane * w
-            weight[k, :, self.cell_rows, self.cell_cols] += w
+            total[(k, *place)] += plane * w
+            weight[(k, *place)] += w
+            if sigma_total is None or sigma_unknown is None:
+                continue
+            if sigmas is None:  # a tile fitted without σ: unknown wherever it carries weight
+                sigma_unknown[(k, *place)] |= valid
+                continue
+            unknown = sigmas[n] == SIGMA_UNKNOWN
+            sigma_total[(k, *place)] += np.where(unknown, np.float32(0), sigmas[n] * w)
+            sigma_unknown[(k, *place)] |= unknown & valid
 
     def add_clear(self, clear: np.ndarray, day_index: Mapping[int, int]) -> None:
         """Mark, on the mosaic's dates, the pixels this tile saw clear."""
@@ -1142,6 +1442,8 @@ def finalize_mosaic(mosaic_url: str, *, storage_options: StorageOptions = None) 
         with_data = np.asarray(zarr_array(group, REGION_DAYS)[...]).any(axis=(0, 1))
         days = np.array(info.times, dtype="datetime64[D]")[with_data]
         extra[DAYS_WITH_DATA_ATTR] = json.dumps([str(d) for d in days])
+    if info.calendar_url is not None:
+        finalize_mosaic(info.calendar_url, storage_options=storage_options)
     _set_status(mosaic_url, STATUS_COMPLETE, storage_options, extra)
     return mosaic_info(mosaic_url, storage_options=storage_options)
 
@@ -1215,8 +1517,10 @@ def mosaic_tiles(
     overwrite: bool = False,
     resume: bool = False,
     progress: Progress | None = None,
+    cadence: str | None = None,
 ) -> dict[int, MosaicInfo]:
-    """Mosaic fitted tiles into one store per UTM zone, ``{out_url}/mosaic_{EPSG}.zarr``.
+    """Mosaic fitted tiles into one store per UTM zone, ``{out_url}/mosaic_{EPSG}.zarr`` (with
+    ``cadence``, a calendar beside each, ``{out_url}/calendar_{EPSG}.zarr``).
 
     ``tiles`` maps tile ids to store URLs, or lists store URLs (the ids are then read from the stores'
     ``tile_id`` attribute). Runs :func:`init_mosaic`, every region and :func:`finalize_mosaic`, one after
@@ -1241,6 +1545,7 @@ def mosaic_tiles(
             storage_options=storage_options,
             overwrite=overwrite,
             resume=resume,
+            cadence=cadence,
         )
         if info.status == STATUS_COMPLETE:
             results[epsg] = info
