@@ -38,9 +38,13 @@ from pystac.stac_io import DefaultStacIO
 from tiler.errors import MosaicError, OutputExistsError
 from tiler.grid import to_lonlat
 from tiler.mosaic import (
+    CALENDAR_SOURCE,
     DECLOUDED,
+    DECLOUDED_SIGMA,
     QUALITY,
     REGION_EXPECTED,
+    SIGMA_NODATA,
+    TIME_BOUNDS,
     MosaicInfo,
     mosaic_info,
     open_mosaic,
@@ -70,6 +74,18 @@ COG_PROFILE = {
 }
 #: STAC license of derived Copernicus Sentinel data (the Copernicus licence is not an SPDX identifier).
 STAC_LICENSE = "other"
+#: Uncertainty quicklooks: the mean σ over bands on a fixed scale from 0 to this (reflectance × 10000:
+#: 0.05), so quicklooks of different dates and campaigns compare; larger σ saturates.
+SIGMA_QUICKLOOK_MAX = 500.0
+#: Colour ramp of the uncertainty quicklooks (a perceptually ordered dark-blue → teal → yellow ramp,
+#: sampled from viridis at 0, 0.25, 0.5, 0.75, 1): dark = confident, yellow = uncertain.
+SIGMA_RAMP = np.array(
+    [[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], dtype=np.float64
+)
+#: File-name suffix of the σ outputs (COG and quicklook) beside the reflectance's.
+SIGMA_SUFFIX = "_sigma"
+#: Nodata of each variable written to COGs.
+COG_NODATA = {DECLOUDED: S2_NODATA, DECLOUDED_SIGMA: SIGMA_NODATA}
 
 
 def _day(value: np.datetime64) -> str:
@@ -112,7 +128,8 @@ def _join(base: str, name: str) -> str:
 
 
 def _stem(info: MosaicInfo) -> str:
-    return f"mosaic_{info.epsg}"
+    """File-name stem of a store's outputs: ``mosaic_EPSG`` or ``calendar_EPSG``."""
+    return f"{info.product}_{info.epsg}"
 
 
 # --- COG ------------------------------------------------------------------------------------------------
@@ -127,15 +144,26 @@ def write_cogs(
     out_storage_options: StorageOptions = None,
     overwrite: bool = False,
     progress: Progress | None = None,
+    variable: str = DECLOUDED,
 ) -> dict[str, str]:
-    """Write one validated COG per date (all dates, or ``dates``); returns ISO date -> URL."""
+    """Write one validated COG per date (all dates, or ``dates``); returns ISO date -> URL.
+
+    ``variable``: ``s2_declouded`` (files ``STEM_DATE.tif``, nodata 0) or ``s2_declouded_sigma`` (files
+    ``STEM_DATE_sigma.tif``, nodata 65535), all bands either way.
+    """
     from rio_cogeo.cogeo import cog_translate, cog_validate
 
+    if variable not in COG_NODATA:
+        raise MosaicError(f"COGs: variable {variable!r} is not one of {sorted(COG_NODATA)}")
     ds = open_mosaic(mosaic_url, storage_options=storage_options)
     info = mosaic_info(mosaic_url, storage_options=storage_options)
+    if variable not in ds:
+        raise MosaicError(f"COGs: {mosaic_url!r} has no {variable!r} (the fit gave no σ for it)")
+    nodata = COG_NODATA[variable]
+    suffix = SIGMA_SUFFIX if variable == DECLOUDED_SIGMA else ""
     fs, root = fsspec.core.url_to_fs(out_dir, **dict(out_storage_options or {}))
     fs.makedirs(root, exist_ok=True)
-    imagery = ds[DECLOUDED]
+    imagery = ds[variable]
     bands = [str(b) for b in ds["band"].values]
     cell_h = info.grid.cell_shape[0]
     height, width = info.grid.shape
@@ -147,7 +175,7 @@ def write_cogs(
         "width": width,
         "crs": ds.rio.crs,
         "transform": ds.rio.transform(),
-        "nodata": S2_NODATA,
+        "nodata": nodata,
         "tiled": True,
         "blockxsize": COG_BLOCK,
         "blockysize": COG_BLOCK,
@@ -158,7 +186,7 @@ def write_cogs(
     with tempfile.TemporaryDirectory(prefix="declouder-cog-") as tmp:
         for done, t in enumerate(indices):
             day = _day(ds["time"].values[t])
-            name = f"{_stem(info)}_{day}.tif"
+            name = f"{_stem(info)}_{day}{suffix}.tif"
             url = _join(out_dir, name)
             _refuse_existing(url, fs, _join(root, name), overwrite)
             staging, cog = Path(tmp) / f"staging_{name}", Path(tmp) / name
@@ -176,7 +204,7 @@ def write_cogs(
                     staging,
                     cog,
                     COG_PROFILE,
-                    nodata=S2_NODATA,
+                    nodata=nodata,
                     overview_resampling="average",
                     quiet=True,
                     additional_cog_metadata={"DATE": day, "SOURCE": mosaic_url},
@@ -189,7 +217,7 @@ def write_cogs(
             cog.unlink()
             written[day] = url
             if progress is not None:
-                progress(done + 1, len(indices), f"COG {day}")
+                progress(done + 1, len(indices), f"COG {day}{suffix}")
     return written
 
 
@@ -231,6 +259,85 @@ def write_quicklooks(
             f"quicklook bands {list(bands)}: need three of the mosaic's bands {list(info.bands)}"
             + (f" ({missing} are not there)" if missing else "")
         )
+    return _write_pngs(
+        ds,
+        info,
+        out_dir,
+        lambda plane: quicklook_rgba(plane.sel(band=list(bands)).values),
+        variable=DECLOUDED,
+        suffix="",
+        dates=dates,
+        max_size=max_size,
+        out_storage_options=out_storage_options,
+        overwrite=overwrite,
+        progress=progress,
+    )
+
+
+def sigma_rgba(sigma: np.ndarray, *, scale: float = SIGMA_QUICKLOOK_MAX) -> np.ndarray:
+    """(band, y, x) σ × 10000 -> (y, x, 4) uint8: the mean σ over bands on :data:`SIGMA_RAMP` from 0 to
+    ``scale`` (saturating above), transparent where σ is unknown or there is no data (65535)."""
+    known = np.all(sigma != SIGMA_NODATA, axis=0)
+    out = np.zeros((*sigma.shape[1:], 4), dtype=np.uint8)
+    if not known.any():
+        return out
+    mean = np.where(known, sigma.astype(np.float64).mean(axis=0), 0.0)
+    position = np.clip(mean / scale, 0.0, 1.0) * (len(SIGMA_RAMP) - 1)
+    low = np.minimum(np.floor(position).astype(np.intp), len(SIGMA_RAMP) - 2)
+    frac = (position - low)[..., None]
+    colour = SIGMA_RAMP[low] * (1 - frac) + SIGMA_RAMP[low + 1] * frac
+    out[..., :3] = np.where(known[..., None], np.rint(colour), 0).astype(np.uint8)
+    out[..., 3] = np.where(known, 255, 0)
+    return out
+
+
+def write_sigma_quicklooks(
+    mosaic_url: str,
+    out_dir: str,
+    *,
+    dates: Sequence[str] | None = None,
+    max_size: int = QUICKLOOK_MAX_SIZE,
+    scale: float = SIGMA_QUICKLOOK_MAX,
+    storage_options: StorageOptions = None,
+    out_storage_options: StorageOptions = None,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+) -> dict[str, str]:
+    """Write an uncertainty PNG per date (``STEM_DATE_sigma.png``: :func:`sigma_rgba`); ISO date -> URL."""
+    ds = open_mosaic(mosaic_url, storage_options=storage_options)
+    info = mosaic_info(mosaic_url, storage_options=storage_options)
+    if DECLOUDED_SIGMA not in ds:
+        raise MosaicError(f"uncertainty quicklooks: {mosaic_url!r} has no {DECLOUDED_SIGMA!r}")
+    return _write_pngs(
+        ds,
+        info,
+        out_dir,
+        lambda plane: sigma_rgba(plane.values, scale=scale),
+        variable=DECLOUDED_SIGMA,
+        suffix=SIGMA_SUFFIX,
+        dates=dates,
+        max_size=max_size,
+        out_storage_options=out_storage_options,
+        overwrite=overwrite,
+        progress=progress,
+    )
+
+
+def _write_pngs(
+    ds: xr.Dataset,
+    info: MosaicInfo,
+    out_dir: str,
+    render: Callable[[xr.DataArray], np.ndarray],
+    *,
+    variable: str,
+    suffix: str,
+    dates: Sequence[str] | None,
+    max_size: int,
+    out_storage_options: StorageOptions,
+    overwrite: bool,
+    progress: Progress | None,
+) -> dict[str, str]:
+    """One PNG per date of ``variable``, decimated to at most ``max_size`` px a side, drawn by ``render``."""
     step = max(1, math.ceil(max(info.grid.shape) / max_size))
     fs, root = fsspec.core.url_to_fs(out_dir, **dict(out_storage_options or {}))
     fs.makedirs(root, exist_ok=True)
@@ -238,17 +345,17 @@ def write_quicklooks(
     indices = _select_dates(ds, dates, info)
     for done, t in enumerate(indices):
         day = _day(ds["time"].values[t])
-        name = f"{_stem(info)}_{day}.png"
+        name = f"{_stem(info)}_{day}{suffix}.png"
         url = _join(out_dir, name)
         _refuse_existing(url, fs, _join(root, name), overwrite)
         # Decimate (every step-th pixel) rather than average: a quicklook, not a product.
-        rgb = ds[DECLOUDED].isel(time=t, y=slice(None, None, step), x=slice(None, None, step))
-        rgba = quicklook_rgba(rgb.sel(band=list(bands)).values)
+        plane = ds[variable].isel(time=t, y=slice(None, None, step), x=slice(None, None, step))
+        rgba = render(plane)
         with fs.open(_join(root, name), "wb") as f:
             Image.fromarray(rgba, mode="RGBA").save(f, format="PNG", optimize=True)
         written[day] = url
         if progress is not None:
-            progress(done + 1, len(indices), f"quicklook {day}")
+            progress(done + 1, len(indices), f"quicklook {day}{suffix}")
     return written
 
 
@@ -290,6 +397,8 @@ def write_stac(
     *,
     cogs: Mapping[str, str] | None = None,
     quicklooks: Mapping[str, str] | None = None,
+    sigma_cogs: Mapping[str, str] | None = None,
+    sigma_quicklooks: Mapping[str, str] | None = None,
     collection_id: str | None = None,
     storage_options: StorageOptions = None,
     out_storage_options: StorageOptions = None,
@@ -298,8 +407,10 @@ def write_stac(
     """Write a STAC collection (one item per date) describing a mosaic; returns the collection's URL.
 
     ``cogs`` and ``quicklooks`` map ISO dates to the files :func:`write_cogs` and
-    :func:`write_quicklooks` wrote; they become the items' ``cog`` and ``quicklook`` assets. Every item
-    has the ``zarr`` asset (the whole mosaic with its quality layer).
+    :func:`write_quicklooks` wrote; they become the items' ``cog`` and ``quicklook`` assets;
+    ``sigma_cogs`` and ``sigma_quicklooks`` (the σ files) the ``cog_sigma`` and ``quicklook_sigma``
+    assets. Every item has the ``zarr`` asset (the whole store with its quality layer). A calendar's
+    items also carry ``start_datetime`` / ``end_datetime``: the step's bin.
     """
     ds = open_mosaic(mosaic_url, storage_options=storage_options)
     info = mosaic_info(mosaic_url, storage_options=storage_options)
@@ -310,31 +421,50 @@ def write_stac(
     footprint = mosaic_footprint(mosaic_url, storage_options=storage_options)
     geometry = shapely.geometry.mapping(shapely.set_precision(footprint, 1e-7))
     bbox = list(footprint.bounds)
-    times = [np.datetime64(t, "D") for t in ds["time"].values[_select_dates(ds, None, info)]]
-    as_datetime = [t.astype("datetime64[s]").item().replace(tzinfo=UTC) for t in times]
+    selected = _select_dates(ds, None, info)
+    times = [np.datetime64(t, "D") for t in ds["time"].values[selected]]
+    as_datetime = [_utc(t) for t in times]
+    bins = ds[TIME_BOUNDS].values[selected] if TIME_BOUNDS in ds else None
+    what = (
+        f"on a regular calendar of {ds.attrs.get('calendar_cadence')} steps (value at the bin's centre; "
+        f"'{CALENDAR_SOURCE}' says whether a step is a mean, an interpolation or a held value)"
+        if info.product == "calendar"
+        else "per acquisition day"
+    )
+    sigma_text = (
+        f", the fit's predicted standard deviation '{DECLOUDED_SIGMA}' (x 10000, 65535 = unknown)"
+        if info.sigma
+        else ""
+    )
     collection = pystac.Collection(
         id=collection_id,
         description=(
-            f"Declouded Sentinel-2 mosaic of UTM zone EPSG:{info.epsg}: reflectance x 10000 of bands "
-            f"{', '.join(info.bands)} (0 = no data) and a per-pixel quality layer '{QUALITY}' "
-            "(days to the nearest clear observation)."
+            f"Declouded Sentinel-2 {info.product} of UTM zone EPSG:{info.epsg} {what}: reflectance x 10000 "
+            f"of bands {', '.join(info.bands)} (0 = no data){sigma_text} and a per-pixel quality layer "
+            f"'{QUALITY}' (days to the nearest clear observation)."
         ),
         extent=pystac.Extent(
             pystac.SpatialExtent([bbox]), pystac.TemporalExtent([[as_datetime[0], as_datetime[-1]]])
         ),
         license=STAC_LICENSE,
-        title=f"declouder mosaic EPSG:{info.epsg}",
+        title=f"declouder {info.product} EPSG:{info.epsg}",
     )
     height, width = info.grid.shape
     transform = list(ds.rio.transform())[:6]
-    for day, when in zip(times, as_datetime, strict=True):
+    for n, (day, when) in enumerate(zip(times, as_datetime, strict=True)):
         iso = str(day)
+        properties: dict[str, Any] = {"constellation": "sentinel-2"}
+        if bins is not None:
+            # STAC common metadata: the step's bin, [start, end) as inclusive instants.
+            end = np.datetime64(bins[n][1], "s") - np.timedelta64(1, "s")
+            properties["start_datetime"] = _utc(bins[n][0]).isoformat().replace("+00:00", "Z")
+            properties["end_datetime"] = _utc(end).isoformat().replace("+00:00", "Z")
         item = pystac.Item(
             id=f"{collection_id}-{iso}",
             geometry=geometry,
             bbox=bbox,
             datetime=when,
-            properties={"constellation": "sentinel-2"},
+            properties=properties,
         )
         projection = ProjectionExtension.ext(item, add_if_missing=True)
         projection.code = f"EPSG:{info.epsg}"
@@ -347,7 +477,9 @@ def write_stac(
                 href=mosaic_url,
                 media_type=pystac.MediaType.ZARR,
                 roles=["data"],
-                title=f"Zarr mosaic, all dates: {DECLOUDED} and {QUALITY}",
+                title=f"Zarr {info.product}, all dates: {DECLOUDED}"
+                + (f", {DECLOUDED_SIGMA}" if info.sigma else "")
+                + f" and {QUALITY}",
             ),
         )
         if cogs and iso in cogs:
@@ -355,16 +487,41 @@ def write_stac(
                 "cog",
                 pystac.Asset(href=cogs[iso], media_type=pystac.MediaType.COG, roles=["data"], title=iso),
             )
+        if sigma_cogs and iso in sigma_cogs:
+            item.add_asset(
+                "cog_sigma",
+                pystac.Asset(
+                    href=sigma_cogs[iso],
+                    media_type=pystac.MediaType.COG,
+                    roles=["data", "uncertainty"],
+                    title=f"{iso}: predicted standard deviation x 10000 (65535 = unknown)",
+                ),
+            )
         if quicklooks and iso in quicklooks:
             item.add_asset(
                 "quicklook",
                 pystac.Asset(href=quicklooks[iso], media_type=pystac.MediaType.PNG, roles=["overview"]),
+            )
+        if sigma_quicklooks and iso in sigma_quicklooks:
+            item.add_asset(
+                "quicklook_sigma",
+                pystac.Asset(
+                    href=sigma_quicklooks[iso],
+                    media_type=pystac.MediaType.PNG,
+                    roles=["overview", "uncertainty"],
+                    title=f"mean sigma over bands, 0 (dark) .. {SIGMA_QUICKLOOK_MAX / 10000:g} (yellow)",
+                ),
             )
         collection.add_item(item)
     collection.normalize_hrefs(out_dir)
     collection.make_all_asset_hrefs_relative()
     collection.save(pystac.CatalogType.SELF_CONTAINED, stac_io=FsspecStacIO(out_storage_options))
     return collection_url
+
+
+def _utc(value: Any) -> Any:
+    """A datetime64 as a timezone-aware UTC datetime (STAC's datetimes)."""
+    return np.datetime64(value, "s").astype("datetime64[s]").item().replace(tzinfo=UTC)
 
 
 def validate_stac(collection_url: str, *, storage_options: StorageOptions = None) -> int:
@@ -384,3 +541,57 @@ def validate_stac(collection_url: str, *, storage_options: StorageOptions = None
         validate_dict(item.to_dict(), extensions=[])
         count += 1
     return count
+
+
+def write_outputs(
+    store_url: str,
+    out_dir: str,
+    *,
+    cogs: bool = False,
+    quicklooks: bool = True,
+    stac: bool = True,
+    storage_options: StorageOptions = None,
+    out_storage_options: StorageOptions = None,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+) -> dict[str, str]:
+    """The files of one finished store (a mosaic or a calendar) under ``out_dir``: ``cogs/``,
+    ``quicklooks/`` (the σ files beside the reflectance's, ``*_sigma``, when the store has σ) and
+    ``stac/collection.json``, validated. Returns each kind written -> its folder (``stac``: the URL)."""
+    info = mosaic_info(store_url, storage_options=storage_options)
+    options: dict[str, Any] = {
+        "storage_options": storage_options,
+        "out_storage_options": out_storage_options,
+        "overwrite": overwrite,
+        "progress": progress,
+    }
+    written: dict[str, str] = {}
+    cog_files: dict[str, str] | None = None
+    sigma_cogs: dict[str, str] | None = None
+    looks: dict[str, str] | None = None
+    sigma_looks: dict[str, str] | None = None
+    if cogs:
+        cog_files = write_cogs(store_url, _join(out_dir, "cogs"), **options)
+        if info.sigma:
+            sigma_cogs = write_cogs(store_url, _join(out_dir, "cogs"), variable=DECLOUDED_SIGMA, **options)
+        written["cogs"] = _join(out_dir, "cogs")
+    if quicklooks:
+        looks = write_quicklooks(store_url, _join(out_dir, "quicklooks"), **options)
+        if info.sigma:
+            sigma_looks = write_sigma_quicklooks(store_url, _join(out_dir, "quicklooks"), **options)
+        written["quicklooks"] = _join(out_dir, "quicklooks")
+    if stac:
+        collection = write_stac(
+            store_url,
+            _join(out_dir, "stac"),
+            cogs=cog_files,
+            quicklooks=looks,
+            sigma_cogs=sigma_cogs,
+            sigma_quicklooks=sigma_looks,
+            storage_options=storage_options,
+            out_storage_options=out_storage_options,
+            overwrite=overwrite,
+        )
+        validate_stac(collection, storage_options=out_storage_options)
+        written["stac"] = collection
+    return written
