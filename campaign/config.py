@@ -161,6 +161,27 @@ class OutputsConfig(_Section):
     quicklooks: bool = Field(default=True, description="an RGB PNG per date")
     cogs: bool = Field(default=False, description="a cloud-optimised GeoTIFF per date, all bands")
     stac: bool = Field(default=True, description="a STAC collection describing the mosaic's dates")
+    #: A regular calendar beside each zone's mosaic (tiler.calendar): "5D", "10D", "1MS", "SMS", "W", ...;
+    #: each mosaic region fills its cell of it from the blended series it holds (no serial step).
+    cadence: str | None = Field(default=None, description="calendar steps (pandas offset alias), or none")
+    #: The fit's σ in the mosaic (and calendar): None = when the fit preset holds out pixels (the fit
+    #: then writes ``s2_declouded_sigma``); true / false to decide it here.
+    sigma: bool | None = None
+
+    @field_validator("cadence")
+    @classmethod
+    def _cadence(cls, value: str | None) -> str | None:
+        from tiler.calendar import CADENCE_FORMS, CalendarError, check_cadence
+
+        if value is None:
+            return None
+        try:
+            return check_cadence(value, option="outputs.cadence")
+        except CalendarError:
+            raise ValueError(
+                f"not a cadence; accepted forms: {', '.join(CADENCE_FORMS)} (pandas offset aliases), or "
+                "leave the key out for no calendar"
+            ) from None
 
     @property
     def any(self) -> bool:
@@ -258,6 +279,17 @@ def parse_config(data: Mapping[str, Any], *, base: Path, source: str = "config")
         ) from None
     check_stages(config, source=source)
     return config
+
+
+def mosaic_sigma(config: CampaignConfig) -> bool:
+    """Whether the campaign's mosaics carry the fit's σ: ``outputs.sigma``, or by default whether the fit
+    preset holds out pixels (a fit writes ``s2_declouded_sigma`` only then), decided before any fit."""
+    if config.outputs.sigma is not None:
+        return config.outputs.sigma
+    from fit import PRESETS
+
+    preset = PRESETS.get(config.fit.preset)
+    return preset is not None and preset.holdout_fraction > 0
 
 
 def ingest_config(config: CampaignConfig) -> Any:

@@ -37,6 +37,10 @@ class OutputLayout:
         # The mosaicker's own naming (tiler.mosaic.mosaic_tiles), so `declouder mosaic` finds the same store.
         return f"{self.root.rstrip('/')}/mosaic_{epsg}.zarr"
 
+    def calendar(self, epsg: int) -> str:
+        # Beside the mosaic, named as tiler.mosaic.calendar_store_name names it.
+        return f"{self.root.rstrip('/')}/calendar_{epsg}.zarr"
+
     def outputs(self, epsg: int) -> str:
         return f"{self.root.rstrip('/')}/outputs/{epsg}"
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from campaign.book import Emit, TileBook
-from campaign.config import CampaignConfig
+from campaign.config import CampaignConfig, mosaic_sigma
 from campaign.inflight import Inflight, Work
 from campaign.layout import OutputLayout
 from campaign.ledger import Stage, TileState, ZoneRecord
@@ -100,6 +100,9 @@ class MosaicScheduler:
         self._dirty: set[str] = set()
         self._tasks: dict[str, Any] = {}
         self.slots = 1
+        #: Decided from the config before any template: σ in the mosaics, and the calendar's cadence.
+        self.sigma = mosaic_sigma(config)
+        self.cadence = config.outputs.cadence
         #: When the last region of the run was written (the mosaic's tail after the last fit).
         self.last_region_at: float | None = None
         book.on_settled(self._settled)
@@ -181,7 +184,15 @@ class MosaicScheduler:
             label = f"EPSG:{zone.epsg}"
             if zone.state == "template" and running < self.slots:
                 ref = self._tasks["mosaic_template"].remote(
-                    zone.url, label, zone.keys, self._times(), self._bands(), grid, opts
+                    zone.url,
+                    label,
+                    zone.keys,
+                    self._times(),
+                    self._bands(),
+                    grid,
+                    opts,
+                    self.sigma,
+                    self.cadence,
                 )
                 inflight.add(ref, Work("mosaic_init", label, time.time(), zone=zone.epsg))
                 zone.state = "init"
@@ -223,7 +234,9 @@ class MosaicScheduler:
                     zone.state = "outputs"
                     running += 1
                 else:
-                    self._zone_done(zone, {})
+                    self._zone_done(
+                        zone, {"calendar": self.layout.calendar(zone.epsg)} if self.cadence else {}
+                    )
 
     def _reaching(self, key: str) -> dict[str, str]:
         """Fitted stores of the tiles reaching into the cell of ``key``."""

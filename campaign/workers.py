@@ -251,8 +251,11 @@ def mosaic_template(
     bands: tuple[str, ...],
     grid: MosaicGridSpec,
     storage_options: Mapping[str, Any] | None,
+    sigma: bool = False,
+    cadence: str | None = None,
 ) -> StageOutcome:
-    """Ray task: write (or keep) a zone's mosaic template from the plan, reading no fitted tile.
+    """Ray task: write (or keep) a zone's mosaic template from the plan, reading no fitted tile; with
+    ``sigma`` a σ variable, with ``cadence`` a calendar store beside it (tiler.mosaic.init_mosaic_template).
 
     ``summary['fresh']``: no region of an earlier run is kept, so every region must be written. A template
     that matches (same cells, dates and bands: a rerun of the same campaign) is kept with its regions; one
@@ -274,6 +277,8 @@ def mosaic_template(
             overlap=grid.overlap,
             resolution=grid.resolution,
             storage_options=storage_options,
+            sigma=sigma,
+            cadence=cadence,
         )
         try:
             init(resume=True)
@@ -337,31 +342,32 @@ def mosaic_outputs(
     kinds: tuple[str, ...],
     storage_options: Mapping[str, Any] | None,
 ) -> StageOutcome:
-    """Ray task: write a finished mosaic's quicklooks, COGs and STAC collection under ``out_dir``.
+    """Ray task: write a finished mosaic's quicklooks, COGs and STAC collection under ``out_dir`` (the
+    σ files too when it has σ), and the same for its calendar, if any, under ``out_dir/calendar``.
 
-    ``summary`` maps each kind written to its folder (``stac``: the collection's URL).
+    ``summary`` maps each kind written to its folder (``stac``: the collection's URL); a calendar adds
+    ``calendar`` (its store) and ``calendar_<kind>``.
     """
     from tiler import outputs
+    from tiler.mosaic import mosaic_info
 
     def work() -> dict[str, str]:
-        written: dict[str, str] = {}
-        cogs: dict[str, str] | None = None
-        quicklooks: dict[str, str] | None = None
         options: _OutputOptions = {
             "storage_options": storage_options,
             "out_storage_options": storage_options,
             "overwrite": True,
         }
-        if "cogs" in kinds:
-            cogs = outputs.write_cogs(mosaic_url, f"{out_dir}/cogs", **options)
-            written["cogs"] = f"{out_dir}/cogs"
-        if "quicklooks" in kinds:
-            quicklooks = outputs.write_quicklooks(mosaic_url, f"{out_dir}/quicklooks", **options)
-            written["quicklooks"] = f"{out_dir}/quicklooks"
-        if "stac" in kinds:
-            written["stac"] = outputs.write_stac(
-                mosaic_url, f"{out_dir}/stac", cogs=cogs, quicklooks=quicklooks, **options
+        cogs, looks, stac = "cogs" in kinds, "quicklooks" in kinds, "stac" in kinds
+        written = outputs.write_outputs(
+            mosaic_url, out_dir, cogs=cogs, quicklooks=looks, stac=stac, **options
+        )
+        calendar = mosaic_info(mosaic_url, storage_options=storage_options).calendar_url
+        if calendar is not None:
+            written["calendar"] = calendar
+            extra = outputs.write_outputs(
+                calendar, f"{out_dir}/calendar", cogs=cogs, quicklooks=looks, stac=stac, **options
             )
+            written.update({f"calendar_{kind}": where for kind, where in extra.items()})
         return written
 
     return run_stage(zone, Stage.MOSAIC, current_worker(f"outputs-{os.getpid()}"), work)
