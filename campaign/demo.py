@@ -45,6 +45,9 @@ class DemoResult:
     report: CampaignReport
     mosaic_url: str
     quicklooks: tuple[str, ...]
+    #: The calendar store and its quicklooks, when a cadence was given.
+    calendar_url: str | None = None
+    calendar_quicklooks: tuple[str, ...] = ()
 
 
 def default_preset() -> str:
@@ -69,14 +72,23 @@ def site_area() -> str:
 
 
 def write_demo_config(
-    out_dir: str | Path, *, preset: str, resources: Mapping[str, float | int] | None = None
+    out_dir: str | Path,
+    *,
+    preset: str,
+    resources: Mapping[str, float | int] | None = None,
+    cadence: str | None = None,
 ) -> Path:
     """Write the sample catalogue and a campaign config for it under ``out_dir``; returns the config.
 
     Each preset writes to its own output folder, so a demo rerun with another preset starts afresh
     instead of meeting a campaign with other settings. ``resources`` replace keys of
     :data:`DEMO_RESOURCES` (e.g. ``gpus_per_fit``; resources do not change what a campaign computes).
+    ``cadence`` adds a regular calendar beside the mosaic (``[outputs] cadence``).
     """
+    if cadence is not None:
+        from tiler.calendar import check_cadence
+
+        check_cadence(cadence, option="--cadence")
     from ingest.sample import load_site, write_sample_catalog
 
     out = Path(out_dir).resolve()
@@ -105,7 +117,8 @@ preset = "{preset}"
 
 [resources]
 {chr(10).join(f"{key} = {value}" for key, value in {**DEMO_RESOURCES, **(resources or {})}.items())}
-""",
+"""
+        + (f'\n[outputs]\ncadence = "{cadence}"\n' if cadence is not None else ""),
         encoding="utf-8",
     )
     return config
@@ -118,14 +131,25 @@ def run_demo(
     address: str | None = None,
     progress: ProgressCallback | None = None,
     resources: Mapping[str, float | int] | None = None,
+    cadence: str | None = None,
 ) -> DemoResult:
     """Run the demo campaign into ``out_dir`` (a rerun resumes, like any campaign)."""
-    path = write_demo_config(out_dir, preset=preset, resources=resources)
+    path = write_demo_config(out_dir, preset=preset, resources=resources, cadence=cadence)
     config = load_config(path)
     report = run_campaign(config, address=address, progress=progress)
     from ingest.sample import load_site
 
     mosaic_url = OutputLayout(config.output).mosaic(load_site().epsg)
-    quicklooks = report.outputs.get(mosaic_url, {}).get("quicklooks")
-    pngs = tuple(sorted(str(p) for p in Path(quicklooks).glob("*.png"))) if quicklooks else ()
-    return DemoResult(config=path, report=report, mosaic_url=mosaic_url, quicklooks=pngs)
+    outputs = report.outputs.get(mosaic_url, {})
+
+    def pngs(folder: str | None) -> tuple[str, ...]:
+        return tuple(sorted(str(p) for p in Path(folder).glob("*.png"))) if folder else ()
+
+    return DemoResult(
+        config=path,
+        report=report,
+        mosaic_url=mosaic_url,
+        quicklooks=pngs(outputs.get("quicklooks")),
+        calendar_url=outputs.get("calendar"),
+        calendar_quicklooks=pngs(outputs.get("calendar_quicklooks")),
+    )

@@ -40,6 +40,10 @@ def demo_command(
     ] = "auto",
     seed: Annotated[int, typer.Option(help="For the evaluation: random seed.")] = 0,
     live: Annotated[bool, typer.Option("--live/--no-live", help="Redraw a live view on a terminal.")] = True,
+    cadence: Annotated[
+        str | None,
+        typer.Option(help="Also write a regular calendar beside the mosaic: 5D, 10D, 1MS, SMS, W, ..."),
+    ] = None,
 ) -> None:
     """Run the whole pipeline on the bundled real sample offline (ingest, fit, mosaic, quicklooks, through
     Ray), then evaluate the fit on it; print where everything is."""
@@ -57,7 +61,7 @@ def demo_command(
         console.print(f"fit preset: {chosen} ({why})", highlight=False)
     view_console = Console(stderr=True, force_terminal=None if live else False)
     with LiveView(view_console, "demo") as view:
-        result = run_demo(out, preset=chosen, address=address, progress=view)
+        result = run_demo(out, preset=chosen, address=address, progress=view, cadence=cadence)
     for line in summary_lines(result.report):
         typer.echo(line)
     typer.echo(f"campaign config: {result.config} (declouder run / status work on it too)")
@@ -65,6 +69,13 @@ def demo_command(
         typer.echo(
             f"quicklooks of the declouded mosaic: {len(result.quicklooks)} PNGs, e.g. {result.quicklooks[0]}"
         )
+    if result.calendar_url is not None:
+        typer.echo(f"calendar ({cadence}): {result.calendar_url} (xarray.open_zarr reads it)")
+        if result.calendar_quicklooks:
+            typer.echo(
+                f"quicklooks of the calendar: {len(result.calendar_quicklooks)} PNGs, "
+                f"e.g. {result.calendar_quicklooks[0]}"
+            )
     if evaluate:
         from fit.demo import run_demo as run_evaluation
 

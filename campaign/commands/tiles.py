@@ -135,13 +135,18 @@ def mosaic(
     storage_options: str | None = typer.Option(
         None, "--storage-options", help="fsspec options as JSON, e.g. '{\"anon\": false}'."
     ),
+    cadence: str | None = typer.Option(
+        None,
+        "--cadence",
+        help="Also write a regular calendar (calendar_EPSG.zarr) with steps of 5D, 10D, 1MS, SMS, W, ...",
+    ),
 ) -> None:
     """Blend fitted tiles into one Zarr mosaic per UTM zone, with COGs, STAC and quicklooks on request."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from campaign.cli import console
     from tiler.mosaic import RAMPS, mosaic_tiles
-    from tiler.outputs import validate_stac, write_cogs, write_quicklooks, write_stac
+    from tiler.outputs import validate_stac, write_cogs, write_outputs, write_quicklooks, write_stac
 
     if ramp not in RAMPS:
         raise TilesOptionError(f"option --ramp: {ramp!r} is not one of {', '.join(RAMPS)}")
@@ -170,6 +175,7 @@ def mosaic(
             overwrite=overwrite,
             resume=resume,
             progress=report,
+            cadence=cadence,
         )
         for epsg, info in results.items():
             dates = None if quicklook in ("none", "all") else [quicklook]
@@ -218,6 +224,21 @@ def mosaic(
                 )
                 count = validate_stac(collection, storage_options=options)
                 typer.echo(f"  STAC: {collection} ({count} items, valid against the STAC core schemas)")
+            if info.calendar_url is not None:
+                written = write_outputs(
+                    info.calendar_url,
+                    f"{out.rstrip('/')}/calendar_{epsg}",
+                    cogs=cog,
+                    quicklooks=quicklook != "none",
+                    stac=stac,
+                    storage_options=options,
+                    out_storage_options=options,
+                    overwrite=overwrite or resume,
+                    progress=report,
+                )
+                typer.echo(f"  calendar ({cadence}): {info.calendar_url}")
+                for kind, where in written.items():
+                    typer.echo(f"    {kind}: {where}")
 
 
 def register(app: typer.Typer) -> None:
