@@ -18,6 +18,12 @@ Printed per run (1 and 2 fit workers):
     python bench/campaign.py [--tiles 1000] [--baseline-tiles 50]
 
 On 2 CPU cores, 1,000 tiles take about 15-20 minutes in all.
+
+With ``--cadence 10D`` each worker count runs twice on the same pre-ingested tiles, without and then
+with a regular calendar beside the mosaic (``[outputs] cadence``), and prints the wall-time ratio: what
+the calendar adds to a campaign (the calendar is computed inside each mosaic region task).
+
+    python bench/campaign.py --tiles 200 --workers 1 --baseline-tiles 0 --cadence 10D
 """
 
 from __future__ import annotations
@@ -139,7 +145,8 @@ def prepare(out: Path, tiles: list[TileRef], shared_tiles: Path, config_text: st
     return path
 
 
-def config_text(area: str, items: Path, workers: int) -> str:
+def config_text(area: str, items: Path, workers: int, cadence: str | None = None) -> str:
+    calendar = f'cadence = "{cadence}"\n' if cadence else ""
     return f"""
 name = "bench"
 area = "{area}"
@@ -161,7 +168,7 @@ mosaic_cpus = 0.5
 [outputs]
 quicklooks = false
 stac = false
-"""
+{calendar}"""
 
 
 def idle_gaps(ledger: Ledger) -> tuple[list[float], float]:
@@ -181,10 +188,16 @@ def idle_gaps(ledger: Ledger) -> tuple[list[float], float]:
 
 
 def run(
-    workers: int, tiles: list[TileRef], shared: Path, area: str, items: Path, folder: Path
+    workers: int,
+    tiles: list[TileRef],
+    shared: Path,
+    area: str,
+    items: Path,
+    folder: Path,
+    cadence: str | None = None,
 ) -> dict[str, float]:
-    out = folder / f"run-{workers}"
-    path = prepare(out, tiles, shared, config_text(area, items, workers))
+    out = folder / f"run-{workers}{'-' + cadence if cadence else ''}"
+    path = prepare(out, tiles, shared, config_text(area, items, workers, cadence))
     config = parse_config(_toml(path), base=out)
     started = time.perf_counter()
     report = run_campaign(config)
@@ -251,6 +264,9 @@ def main() -> None:
     parser.add_argument("--baseline-tiles", type=int, default=50)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument(
+        "--cadence", help="also run each worker count with this calendar cadence (e.g. 10D) and compare"
+    )
     args = parser.parse_args()
 
     from ingest.sample import write_sample_catalog
@@ -271,9 +287,12 @@ def main() -> None:
             f"{time.perf_counter() - prep:.0f} s"
         )
 
-        base = baseline(template, tiles[: args.baseline_tiles], folder)
-        print(f"baseline: plain fit_tile loop, {args.baseline_tiles} tiles: {base:.3f} s per tile")
+        base = float("nan")
+        if args.baseline_tiles > 0:
+            base = baseline(template, tiles[: args.baseline_tiles], folder)
+            print(f"baseline: plain fit_tile loop, {args.baseline_tiles} tiles: {base:.3f} s per tile")
         results = []
+        calendars = []
         for workers in args.workers:
             result = run(workers, tiles, shared, area, items, folder)
             result["baseline_s_per_tile"] = base
@@ -285,6 +304,15 @@ def main() -> None:
                 f"fit phase {r['fit_phase_s']:.0f} s ({r['throughput_tiles_per_s']:.2f} tiles/s), "
                 f"mosaic {r['mosaic_s']:.0f} s"
             )
+            if args.cadence:
+                c = run(workers, tiles, shared, area, items, folder, cadence=args.cadence)
+                c["cadence"] = args.cadence  # type: ignore[assignment]
+                calendars.append(c)
+                print(
+                    f"{workers} worker(s) with a {args.cadence} calendar: wall {c['wall_s']:.0f} s "
+                    f"({c['wall_s'] / r['wall_s']:.3f}x without; fit phase {c['fit_phase_s']:.0f} s, "
+                    f"mosaic tail after the last fit {c['mosaic_s']:.1f} s against {r['mosaic_s']:.1f} s)"
+                )
             print(
                 f"   driver busy {r['driver_busy_ms_per_tile']:.1f} ms/tile "
                 f"({100 * r['driver_busy_share']:.1f} % of wall; "
@@ -298,7 +326,8 @@ def main() -> None:
         load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
         print(f"load average at the end: {load} on {os.cpu_count()} CPUs (other processes share them)")
         if args.json:
-            args.json.write_text(json.dumps(results, indent=2))
+            # The calendar runs carry their "cadence"; the others do not.
+            args.json.write_text(json.dumps(results + calendars, indent=2))
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 

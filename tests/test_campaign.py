@@ -34,6 +34,8 @@ ray = pytest.importorskip("ray")
 KILL_DELAY_S = 1.0
 #: The demo's campaign in the tests: 4 fit actors, 2 per fake GPU, small CPU shares for 2 cores.
 DEMO_TEST_RESOURCES = {"gpus_per_fit": 0.5, "fit_actors": 4, "cpus_per_fit": 0.25}
+#: The demo's campaign in the tests also writes a calendar of 10-day steps beside its mosaic.
+DEMO_TEST_CADENCE = "10D"
 #: How long a subprocess campaign may take before the test gives up on it.
 CAMPAIGN_TIMEOUT_S = 400
 
@@ -81,7 +83,9 @@ def demo_run(ray_address: str, tmp_path_factory: pytest.TempPathFactory) -> dict
             )
             threading.Timer(KILL_DELAY_S, _kill, (how, event.worker.name, event.worker.pid)).start()
 
-    result = run_demo(out, preset="smoke", progress=on_event, resources=DEMO_TEST_RESOURCES)
+    result = run_demo(
+        out, preset="smoke", progress=on_event, resources=DEMO_TEST_RESOURCES, cadence=DEMO_TEST_CADENCE
+    )
     config = load_config(result.config)
     return {
         "out": out,
@@ -118,9 +122,23 @@ def test_demo_runs_the_whole_pipeline_on_the_real_sample(demo_run: dict[str, Any
     assert (site | empty).all()
     assert 60 * 60 <= site.sum() <= 64 * 64
     outputs = report.outputs[mosaic_url]
-    assert sorted(outputs) == ["quicklooks", "stac"]
+    assert sorted(outputs) == ["calendar", "calendar_quicklooks", "calendar_stac", "quicklooks", "stac"]
     assert len(demo_run["result"].quicklooks) == 20
     assert json.loads(Path(outputs["stac"]).read_text())["type"] == "Collection"
+    # The calendar beside the mosaic (plain xarray): every site pixel has a value at each 10-day step
+    # of the period, the ground never observed none; its quicklooks and STAC items, one per step.
+    import pandas as pd
+    import xarray as xr
+
+    calendar = xr.open_zarr(outputs["calendar"])
+    steps = pd.date_range(config.start, config.end, freq=DEMO_TEST_CADENCE)
+    assert list(pd.DatetimeIndex(calendar["time"].values)) == list(steps)
+    assert calendar.attrs["declouder_status"] == "complete"
+    values = calendar["s2_declouded"].values
+    assert (values[..., site] > 0).all() and (values[..., empty] == 0).all()
+    assert len(demo_run["result"].calendar_quicklooks) == len(steps)
+    collection = json.loads(Path(outputs["calendar_stac"]).read_text())
+    assert len([link for link in collection["links"] if link["rel"] == "item"]) == len(steps)
     saved = json.loads(Path(config.output, "report.json").read_text())
     assert saved["tiles_done"] == 6 and saved["exit_code"] == 0
     # `declouder status` rebuilds the same figures from the ledger alone.
@@ -155,12 +173,15 @@ def test_demo_command_reports_a_finished_demo_without_starting_ray(demo_run: dic
         "smoke",
         "--no-evaluate",
         "--no-live",
+        "--cadence",
+        DEMO_TEST_CADENCE,
         cwd=demo_run["out"],
     )
     text, _ = proc.communicate(timeout=CAMPAIGN_TIMEOUT_S)
     assert proc.returncode == 0, text
     assert "6/6 done, 0 failed, 0 pending (6 already done before this run)" in text
     assert "quicklooks of the declouded mosaic: 20 PNGs" in text
+    assert "quicklooks of the calendar: 13 PNGs" in text
     assert "started an embedded Ray" not in text and "joined the Ray cluster" not in text
 
 
