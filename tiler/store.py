@@ -54,10 +54,15 @@ S1 = "s1"
 MASK = "mask"
 S1_TIME = "s1_time"
 DECLOUDED = "s2_declouded"
+#: The fit's predicted standard deviation of ``s2_declouded`` (docs/fit.md "Uncertainty"): uint16
+#: reflectance × 10000 like S2, but 0 is a valid σ (kept pixels), so no data is SIGMA_NODATA.
+DECLOUDED_SIGMA = "s2_declouded_sigma"
 
 #: S2 surface reflectance is stored as uint16 reflectance × 10000 (DESIGN.md), 0 = no data.
 S2_SCALE = 10_000
 S2_NODATA = 0
+#: No data in ``s2_declouded_sigma`` (no declouded value there, or no σ known); 65534 is the largest σ.
+SIGMA_NODATA = 65_535
 #: The two polarisations of Sentinel-1 IW dual-pol products, in the order the schema stores them.
 POLARIZATIONS: tuple[str, ...] = ("VV", "VH")
 
@@ -82,6 +87,7 @@ SCHEMA: dict[str, tuple[tuple[str, ...], np.dtype]] = {
     MASK: (("time", "y", "x"), np.dtype("uint8")),
     S1_TIME: (("time",), np.dtype("datetime64[ns]")),
     DECLOUDED: (("time", "band", "y", "x"), np.dtype("uint16")),
+    DECLOUDED_SIGMA: (("time", "band", "y", "x"), np.dtype("uint16")),
 }
 INPUT_VARIABLES: tuple[str, ...] = (S2, S1, MASK, S1_TIME)
 
@@ -294,6 +300,8 @@ def _encoding(ds: xr.Dataset) -> dict[str, dict[str, Any]]:
         enc[str(var)] = {"chunks": chunks, "compressors": (COMPRESSOR,)}
         if var in (S2, DECLOUDED):
             enc[str(var)]["fill_value"] = S2_NODATA
+        elif var == DECLOUDED_SIGMA:
+            enc[str(var)]["fill_value"] = SIGMA_NODATA
     return enc
 
 
