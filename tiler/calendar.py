@@ -186,77 +186,76 @@ def resample_calendar(
     valid = (series != 0).all(axis=1)  # (T, y, x)
     ever = valid.any(axis=0)
     observed = np.asarray(clear, dtype=bool) & valid
-    quality = date_quality(observed, sigma)
+    never_clear = ~observed.any(axis=0)
     index = np.arange(n_time, dtype=np.int32)[:, None, None]
-    # Per pixel: the last date with data at or before each date, and the first at or after it.
+    # Per pixel: the last date with data at or before each date, and the first at or after it; the same
+    # for clear observations.
     last_valid = np.maximum.accumulate(np.where(valid, index, -1), axis=0)
     next_valid = np.minimum.accumulate(np.where(valid, index, n_time)[::-1], axis=0)[::-1]
     last_clear = np.maximum.accumulate(np.where(observed, index, -1), axis=0)
     next_clear = np.minimum.accumulate(np.where(observed, index, n_time)[::-1], axis=0)[::-1]
-    none_before = np.full((height, width), -1, dtype=np.int32)
-    none_after = np.full((height, width), n_time, dtype=np.int32)
-    never_clear = ~observed.any(axis=0)
+    far = np.int64(2**40)
 
     for s in range(n_steps):
         a, b = int(steps.starts[s]), int(steps.ends[s])
         centre, half = (a + b) / 2.0, (b - a) / 2.0
-        k0, k1 = np.searchsorted(day_numbers, [a, b], side="left")
-        total = np.zeros((n_band, height, width), dtype=np.float32)
-        weight = np.zeros_like(total)
-        sig_total = np.zeros_like(total) if sigma is not None else None
-        sig_unknown = np.zeros(total.shape, dtype=bool) if sigma is not None else None
-        for k in range(k0, k1):
-            w_time = np.float32(1.0 - abs(day_numbers[k] + 0.5 - centre) / half)
-            w = np.where(valid[k], quality[k] * w_time, np.float32(0.0))
-            w = np.broadcast_to(w, total.shape)
-            total += w * series[k]
-            weight += w
-            if sigma is not None and sig_total is not None and sig_unknown is not None:
-                unknown_k = sigma[k] == SIGMA_UNKNOWN
-                sig_total += np.where(unknown_k, np.float32(0.0), w * sigma[k])
-                sig_unknown |= unknown_k & (w > 0)
-        mean = weight[0] > 0
-        before = last_valid[k0 - 1] if k0 > 0 else none_before
-        after = next_valid[k1] if k1 < n_time else none_after
-        has_before, has_after = before >= 0, after < n_time
-        interp = ~mean & has_before & has_after
-        held = ~mean & ~interp & ever
-        step_values = np.zeros(total.shape, dtype=np.float32)
-        np.divide(total, weight, out=step_values, where=weight > 0)
-        # Interpolation and hold: the values of the nearest dates before and after the bin, per pixel.
-        b_idx = np.clip(before, 0, n_time - 1)
-        a_idx = np.clip(after, 0, n_time - 1)
-        v_before = _gather(series, b_idx).astype(np.float32)
-        v_after = _gather(series, a_idx).astype(np.float32)
-        t_before = day_numbers[b_idx] + 0.5
-        t_after = day_numbers[a_idx] + 0.5
-        alpha = np.where(interp, (centre - t_before) / np.maximum(t_after - t_before, 1.0), 0.0).astype(
-            np.float32
-        )
-        step_values = np.where(interp, (1 - alpha) * v_before + alpha * v_after, step_values)
-        held_value = np.where(has_before, v_before, v_after)
-        step_values = np.where(held, held_value, step_values)
-        has = mean | interp | held
-        values[s] = np.where(has, np.clip(np.rint(step_values), 1, 65535), 0).astype(np.uint16)
-        source[s] = np.select([mean, interp, held], [SOURCE_MEAN, SOURCE_INTERPOLATED, SOURCE_HELD], 0)
-        if sigma is not None and out_sigma is not None and sig_total is not None and sig_unknown is not None:
-            s_before, s_after = _gather(sigma, b_idx), _gather(sigma, a_idx)
-            sig = np.zeros(total.shape, dtype=np.float32)
-            np.divide(sig_total, weight, out=sig, where=weight > 0)
-            unknown = sig_unknown.copy()
-            sig = np.where(interp, (1 - alpha) * s_before + alpha * s_after, sig)
-            unknown = np.where(interp, (s_before == SIGMA_UNKNOWN) | (s_after == SIGMA_UNKNOWN), unknown)
-            s_held = np.where(has_before, s_before, s_after)
-            sig = np.where(held, s_held, sig)
-            unknown = np.where(held, s_held == SIGMA_UNKNOWN, unknown)
-            out_sigma[s] = np.where(
-                has & ~unknown, np.clip(np.rint(sig), 0, SIGMA_MAX), SIGMA_UNKNOWN
-            ).astype(np.uint16)
+        k0, k1 = (int(k) for k in np.searchsorted(day_numbers, [a, b], side="left"))
+        step = np.zeros((n_band, height, width), dtype=np.float32)
+        step_sigma = np.zeros_like(step) if sigma is not None else None
+        unknown = np.zeros(step.shape, dtype=bool) if sigma is not None else None
+        mean = np.zeros((height, width), dtype=bool)
+        if k1 > k0:
+            # 1. Weighted mean of the dates in the bin: time triangle × quality, renormalised.
+            weight: np.ndarray | None = None
+            for k in range(k0, k1):
+                w_time = np.float32(1.0 - abs(day_numbers[k] + 0.5 - centre) / half)
+                w = date_quality(observed[k : k + 1], None if sigma is None else sigma[k : k + 1])[0]
+                w = w * (valid[k] * w_time)  # (1 or B, y, x)
+                step += w * series[k]
+                weight = w if weight is None else weight + w
+                if sigma is not None and step_sigma is not None and unknown is not None:
+                    unknown_k = sigma[k] == SIGMA_UNKNOWN
+                    step_sigma += w * np.where(unknown_k, np.uint16(0), sigma[k])
+                    unknown |= unknown_k & (w > 0)
+            assert weight is not None
+            has = weight > 0
+            np.divide(step, weight, out=step, where=has)
+            if step_sigma is not None:
+                np.divide(step_sigma, weight, out=step_sigma, where=has)
+            mean = has[0]
+        # 2-3. Pixels with data but no date in the bin: interpolate, or hold the nearest date.
+        yy, xx = np.nonzero(ever & ~mean)
+        if yy.size:
+            before = last_valid[k0 - 1, yy, xx] if k0 > 0 else np.full(yy.size, -1, dtype=np.int32)
+            after = next_valid[k1, yy, xx] if k1 < n_time else np.full(yy.size, n_time, dtype=np.int32)
+            has_before, has_after = before >= 0, after < n_time
+            both = has_before & has_after
+            b_idx, a_idx = np.clip(before, 0, n_time - 1), np.clip(after, 0, n_time - 1)
+            t_before, t_after = day_numbers[b_idx] + 0.5, day_numbers[a_idx] + 0.5
+            alpha = np.where(both, (centre - t_before) / np.maximum(t_after - t_before, 1.0), 0.0)
+            alpha = np.where(both, alpha, np.where(has_before, 0.0, 1.0)).astype(np.float32)[:, None]
+            v_before = series[b_idx, :, yy, xx].astype(np.float32)  # (n, B)
+            v_after = series[a_idx, :, yy, xx].astype(np.float32)
+            step[:, yy, xx] = ((1 - alpha) * v_before + alpha * v_after).T
+            source[s, yy, xx] = np.where(both, SOURCE_INTERPOLATED, SOURCE_HELD)
+            if sigma is not None and step_sigma is not None and unknown is not None:
+                s_before, s_after = sigma[b_idx, :, yy, xx], sigma[a_idx, :, yy, xx]
+                step_sigma[:, yy, xx] = ((1 - alpha) * s_before + alpha * s_after).T
+                # Unknown where a date with weight has unknown σ (a held value: the held date).
+                unknown[:, yy, xx] = (
+                    ((s_before == SIGMA_UNKNOWN) & (alpha < 1)) | ((s_after == SIGMA_UNKNOWN) & (alpha > 0))
+                ).T
+        source[s][mean] = SOURCE_MEAN
+        # Values of pixels with data are means or blends of values ≥ 1: never 0 after rounding.
+        np.rint(step, out=step)
+        values[s] = step
+        if out_sigma is not None and step_sigma is not None and unknown is not None:
+            np.minimum(np.rint(step_sigma, out=step_sigma), SIGMA_MAX, out=step_sigma)
+            out_sigma[s] = np.where(unknown | ~ever, SIGMA_UNKNOWN, step_sigma)
         # Days from the bin to the nearest clear observation (0: one inside the bin).
         clear_in = (last_clear[k1 - 1] >= k0) if k1 > k0 else np.zeros((height, width), dtype=bool)
-        c_before = last_clear[k0 - 1] if k0 > 0 else none_before
-        c_after = next_clear[k1] if k1 < n_time else none_after
-        far = np.int64(2**40)
+        c_before = last_clear[k0 - 1] if k0 > 0 else np.full((height, width), -1, dtype=np.int32)
+        c_after = next_clear[k1] if k1 < n_time else np.full((height, width), n_time, dtype=np.int32)
         d_before = np.where(c_before >= 0, a - day_numbers[np.clip(c_before, 0, n_time - 1)], far)
         d_after = np.where(c_after < n_time, day_numbers[np.clip(c_after, 0, n_time - 1)] - (b - 1), far)
         nearest = np.where(clear_in, 0, np.minimum(d_before, d_after))
@@ -265,9 +264,3 @@ def resample_calendar(
         step_distance[~ever] = QUALITY_NODATA
         distance[s] = step_distance
     return CalendarCell(values, out_sigma, source, distance)
-
-
-def _gather(array: np.ndarray, index: np.ndarray) -> np.ndarray:
-    """``array[index[y, x], :, y, x]`` for a (T, B, y, x) array: one date per pixel, all bands."""
-    picked = np.take_along_axis(array, index[None, None].astype(np.intp), axis=0)
-    return picked[0]
