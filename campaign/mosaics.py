@@ -139,10 +139,23 @@ class MosaicScheduler:
                 and not self._dirty.intersection(zone.keys)
                 and zone.epsg in recorded
                 and complete(zone.url)
+                and self._same_products(zone.url)
             ):
                 zone.state = "done"
             else:
                 zone.ready.extend(k for k in zone.keys if self._unsettled[k] == 0)
+
+    def _same_products(self, url: str) -> bool:
+        """The finished mosaic has the σ and calendar this run asks for (else its template is rewritten)."""
+        from tiler.errors import MosaicError
+        from tiler.mosaic import mosaic_info
+
+        try:
+            info = mosaic_info(url, storage_options=self.config.storage_options or None)
+        except MosaicError:
+            return False
+        cadence = info.calendar.cadence if info.calendar is not None else None
+        return info.sigma == self.sigma and cadence == self.cadence
 
     def _count(self, tile_id: str) -> None:
         zone = self.zones[self.book.tiles[tile_id].epsg]
