@@ -3,6 +3,7 @@
 Run from the repository root::
 
     python bench/mosaic.py [--dates 8] [--shared ../shared/data/real] [--keep DIR]
+    python bench/mosaic.py --calendar 10D    # only: the campaign's mosaic without and with a calendar
 
 Input: real Sentinel-2 imagery, the eo-box L1C scene T33UUU (768×1536 px at 10 m; its 20 m bands
 repeated onto the 10 m grid), reflect-padded to cover 3×4 full-size grid tiles (384×768 px, 32 px
@@ -174,11 +175,12 @@ def run_mosaic(url: str, tiles: dict, layout: Layout = "sharded") -> tuple[float
 
 
 def run_streamed(
-    url: str, tiles: dict, times: np.ndarray, bands: tuple[str, ...]
+    url: str, tiles: dict, times: np.ndarray, bands: tuple[str, ...], cadence: str | None = None
 ) -> tuple[float, list[float]]:
-    """The campaign's way: the template from the plan on a day axis, sharded; then the regions."""
+    """The campaign's way: the template from the plan on a day axis, sharded; then the regions (with
+    ``cadence``, each region also fills the calendar beside the mosaic)."""
     started = time.perf_counter()
-    init_mosaic_template(url, list(tiles), times, bands)
+    init_mosaic_template(url, list(tiles), times, bands, cadence=cadence)
     per_region = []
     for key in tiles:
         t = time.perf_counter()
@@ -260,6 +262,11 @@ def main() -> None:
     parser.add_argument("--dates", type=int, default=8)
     parser.add_argument("--shared", type=Path, default=ROOT.parent / "shared" / "data" / "real")
     parser.add_argument("--keep", type=Path, default=None, help="Write here and keep the outputs.")
+    parser.add_argument(
+        "--calendar",
+        metavar="CADENCE",
+        help="only measure the campaign's mosaic without and with a calendar of this cadence (e.g. 10D)",
+    )
     args = parser.parse_args()
     work = args.keep or Path(tempfile.mkdtemp(prefix="declouder-bench-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -278,6 +285,26 @@ def main() -> None:
     t = time.perf_counter()
     tiles = write_tiles(work / "tiles", scene, (x0, y0), bands, args.dates)
     print(f"fitted tiles written in {time.perf_counter() - t:.1f} s (not part of the figures below)")
+
+    if args.calendar:
+        times = campaign_times(
+            FIRST_DAY, FIRST_DAY + (args.dates + 1) * REVISIT_DAYS * np.timedelta64(1, "D")
+        )
+        plain_s, plain_regions = run_streamed(str(work / "plain_stream.zarr"), tiles, times, bands)
+        cal_url = str(work / "mosaic_cal.zarr")
+        cal_s, cal_regions = run_streamed(cal_url, tiles, times, bands, cadence=args.calendar)
+        steps = len(open_mosaic(str(mosaic_info(cal_url).calendar_url))["time"])
+        print(
+            f"campaign mosaic, {n_tiles} regions, {len(times)}-day axis: {plain_s:.1f} s without a calendar "
+            f"(median region {np.median(plain_regions):.2f} s), {cal_s:.1f} s with a {args.calendar} "
+            f"calendar of {steps} steps (median region {np.median(cal_regions):.2f} s): "
+            f"{cal_s / plain_s:.3f}x"
+        )
+        load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+        print(f"load average at the end: {load} on {os.cpu_count()} CPUs")
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+        return
 
     # Today's layout (template from the fitted tiles, one chunk per date × cell) against the campaign's
     # (template from the plan on a day axis, one shard per cell and variable), same tiles, same process.
