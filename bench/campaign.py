@@ -256,6 +256,29 @@ def baseline(template: Path, tiles: list[TileRef], folder: Path) -> float:
     return (time.perf_counter() - started) / len(tiles)
 
 
+#: Attempts at starting Ray: its node start-up gives up after 30 s, which a machine loaded by other
+#: processes can exceed.
+RAY_START_ATTEMPTS = 3
+
+
+def start_ray() -> None:
+    """One embedded Ray for every run of this process (the campaigns join it instead of each starting
+    their own), so the runs compared share the same cluster."""
+    import logging
+
+    import ray
+
+    for attempt in range(1, RAY_START_ATTEMPTS + 1):
+        try:
+            ray.init(include_dashboard=False, logging_level=logging.WARNING)
+            return
+        except Exception as err:  # Ray raises a bare Exception when its node start-up times out
+            if attempt == RAY_START_ATTEMPTS or "timed out during startup" not in str(err):
+                raise
+            ray.shutdown()
+            print(f"Ray start-up timed out (attempt {attempt}); trying again")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -287,6 +310,7 @@ def main() -> None:
             f"{time.perf_counter() - prep:.0f} s"
         )
 
+        start_ray()
         base = float("nan")
         if args.baseline_tiles > 0:
             base = baseline(template, tiles[: args.baseline_tiles], folder)

@@ -45,6 +45,7 @@ import numpy as np
 
 from tiler.errors import MosaicError
 from tiler.quality import QUALITY_MAX_DAYS, QUALITY_NEVER_CLEAR, QUALITY_NODATA
+from tiler.store import SIGMA_NODATA
 
 #: Where a step's value comes from (the ``calendar_source`` layer): no data, weighted mean of the dates
 #: in the bin, interpolation between the nearest dates around it, the nearest date's value held.
@@ -53,8 +54,8 @@ SOURCE_MEAN = 1
 SOURCE_INTERPOLATED = 2
 SOURCE_HELD = 3
 SOURCE_MEANINGS = "no_data mean_of_dates_in_bin interpolated_between_dates held_nearest_date"
-#: σ value meaning "unknown" (and no data): the uint16 maximum, as in the fitted tile stores.
-SIGMA_UNKNOWN = int(np.iinfo(np.uint16).max)
+#: σ value meaning "unknown" (and no data): the tile schema's SIGMA_NODATA (tiler.store).
+SIGMA_UNKNOWN = SIGMA_NODATA
 #: Largest σ stored as a value (reflectance × 10000); larger predictions are clipped to it.
 SIGMA_MAX = SIGMA_UNKNOWN - 1
 #: σ at which a filled date counts half as much as an observed one: 0.02 reflectance (200 × 10000),

@@ -82,8 +82,10 @@ from tiler.quality import QUALITY_NODATA, clear_distance_days
 from tiler.store import (
     COMPRESSOR,
     DECLOUDED,
+    DECLOUDED_SIGMA,
     MASK,
     S2_NODATA,
+    SIGMA_NODATA,
     STATUS_ATTR,
     STATUS_COMPLETE,
     STATUS_WRITING,
@@ -100,12 +102,6 @@ if TYPE_CHECKING:
 
 #: The quality layer: days to the nearest clear observation (module docstring).
 QUALITY = "clear_distance_days"
-#: The fit's predicted standard deviation of ``s2_declouded`` (uint16, reflectance × 10000; 65535 =
-#: unknown / no data, 0 = observed as is), in fitted tile stores and in mosaics. Defined here until the
-#: fit stage's constant lands beside DECLOUDED (tiler must not import the torch-heavy fit package).
-DECLOUDED_SIGMA = "s2_declouded_sigma"
-#: σ's nodata / unknown value (the uint16 maximum), and the largest σ stored as a value.
-SIGMA_NODATA = SIGMA_UNKNOWN
 #: Attribute: "true" when the mosaic has a ``s2_declouded_sigma`` variable (decided by the template).
 SIGMA_ATTR = "mosaic_sigma"
 #: Attribute of a mosaic with a calendar beside it: JSON {"store": name beside the mosaic, "cadence": ...}.
