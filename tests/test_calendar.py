@@ -351,3 +351,13 @@ def test_resume_keeps_a_matching_calendar_and_refuses_another_cadence(built: dic
     assert again.status == "complete"
     with pytest.raises(OutputExistsError, match="calendar"):
         init_mosaic_template(built["url"], keys, times, bands, sigma=True, cadence="1MS", resume=True, **GRID)
+
+
+def test_a_template_without_calendar_removes_the_old_calendar(tmp_path: Path) -> None:
+    url = str(tmp_path / "mosaic_32633.zarr")
+    keys = [TILES[0].tile_id]
+    times = campaign_times(START, END)
+    info = init_mosaic_template(url, keys, times, ["B02"], cadence="1MS", **GRID)
+    assert info.calendar_url is not None and Path(info.calendar_url).exists()
+    again = init_mosaic_template(url, keys, times, ["B02"], overwrite=True, **GRID)
+    assert again.calendar is None and not Path(info.calendar_url).exists()

@@ -613,6 +613,13 @@ def init_mosaic_template(
             )
         if status == "complete":  # a delete cut short must not leave a "complete" flag on half a store
             _set_status(mosaic_url, STATUS_WRITING, storage_options)
+        with contextlib.suppress(MosaicError):
+            # The calendar the old template had goes with it (a new one, if any, is written below).
+            old_calendar = mosaic_info(mosaic_url, storage_options=storage_options).calendar_url
+            if old_calendar is not None and tile_status(old_calendar, storage_options) != "missing":
+                _set_status(old_calendar, STATUS_WRITING, storage_options)
+                old_fs, old_path = fsspec.core.url_to_fs(old_calendar, **dict(storage_options or {}))
+                old_fs.rm(old_path, recursive=True)
         fs, path = fsspec.core.url_to_fs(mosaic_url, **dict(storage_options or {}))
         fs.rm(path, recursive=True)
 
