@@ -12,6 +12,13 @@ local path or any fsspec URL, and refuse to replace an existing file unless ``ov
   mosaic's cells in lon/lat, the projection extension's fields, and assets for the Zarr store, the COG and the
   quicklook of that date. :func:`validate_stac` checks them against the STAC core JSON schemas that
   pystac bundles, which works offline.
+- σ, where the store has the fit's ``s2_declouded_sigma``: ``write_cogs(..., variable=DECLOUDED_SIGMA)``
+  and :func:`write_sigma_quicklooks` (mean σ over bands on a fixed colour scale), ``*_sigma`` files beside
+  the reflectance's, STAC assets ``cog_sigma`` and ``quicklook_sigma``.
+
+Every function takes a calendar store (tiler.mosaic: ``declouder_product = "calendar"``) as it takes a
+mosaic: file names start with ``calendar_EPSG``, and STAC items carry the step's bin.
+:func:`write_outputs` writes all the files of one store.
 """
 
 from __future__ import annotations
