@@ -261,6 +261,10 @@ def case_record(case: Case, evaluation: Evaluation, crop: int, key: str, seconds
             "margin_db": row.painted.psnr - best.painted.psnr,
             "vs_linear_db": row.painted.psnr - linear.painted.psnr,
             "sam_vs_best": row.painted.sam - best.painted.sam,
+            # The fit's σ on the painted pixels (fit.metrics.calibration); None without a σ.
+            "coverage": None if row.calibration is None else _finite(row.calibration.coverage),
+            "spearman": None if row.calibration is None else _finite(row.calibration.spearman),
+            "rmse_drop": None if row.calibration is None else _finite(row.calibration.rmse_drop),
         }
     return {
         "case": case.id,
@@ -411,19 +415,25 @@ def group_summary(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "seam": _mean(r["fit"][primary]["seam"] for r in runs),
         "vs_linear": statistics.mean(r["fit"][primary]["psnr"] - _linear_psnr(r) for r in runs),
         "trusted": _mean(r["painted_trusted_fraction"] for r in runs),
+        # Calibration of the fit's σ (files written before it existed lack the fields: None).
+        "coverage": _mean(r["fit"][primary].get("coverage") for r in runs),
+        "spearman": _mean(r["fit"][primary].get("spearman") for r in runs),
+        "rmse_drop": _mean(r["fit"][primary].get("rmse_drop") for r in runs),
         "seconds": statistics.mean(r["seconds"] for r in runs),
     }
 
 
 CASE_HEADER = (
     "| case (series/paint/protocol) | seeds | input | best refined baseline | its PSNR | fit PSNR "
-    "| margin dB | seed spread | worst seed | S1 − noise | SAM − best° | seam | painted trusted | s/case |\n"
-    "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    "| margin dB | seed spread | worst seed | S1 − noise | SAM − best° | seam | painted trusted "
+    "| ±1σ coverage | Spearman σ vs err | RMSE drop (10 % most uncertain) | s/case |\n"
+    "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 )
 SUMMARY_HEADER = (
     "| summary | cases | mean margin dB | worst case dB | worst run dB | S1 − noise dB "
-    "| seed spread mean / max dB | SAM ≤ best | seam max | worst vs linear (refined) dB |\n"
-    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    "| seed spread mean / max dB | SAM ≤ best | seam max | worst vs linear (refined) dB "
+    "| ±1σ coverage min / max | mean Spearman | mean RMSE drop |\n"
+    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 )
 
 
@@ -432,7 +442,8 @@ def _case_line(g: dict[str, Any]) -> str:
     cells = [
         name, str(g["seeds"]), g["input"], g["best"], f"{g['best_psnr']:.2f}", f"{g['fit_psnr']:.2f}",
         _fmt(g["margin"]), _fmt(g["spread"], ".2f"), _fmt(g["worst_seed"]), _fmt(g["s1_noise"]),
-        _fmt(g["sam"]), _fmt(g["seam"], ".2f"), _fmt(g["trusted"], ".1%"), f"{g['seconds']:.0f}",
+        _fmt(g["sam"]), _fmt(g["seam"], ".2f"), _fmt(g["trusted"], ".1%"), _fmt(g["coverage"], ".1%"),
+        _fmt(g["spearman"], ".2f"), _fmt(g["rmse_drop"], ".1%"), f"{g['seconds']:.0f}",
     ]  # fmt: skip
     return "| " + " | ".join(cells) + " |"
 
@@ -440,6 +451,7 @@ def _case_line(g: dict[str, Any]) -> str:
 def _summary_line(name: str, chosen: Sequence[dict[str, Any]], runs: Sequence[dict[str, Any]]) -> str:
     spreads = [g["spread"] for g in chosen if g["spread"] is not None]
     seams = [g["seam"] for g in chosen if g["seam"] is not None]
+    coverages = [g["coverage"] for g in chosen if g["coverage"] is not None]
     cells = [
         name,
         str(len(chosen)),
@@ -451,6 +463,10 @@ def _summary_line(name: str, chosen: Sequence[dict[str, Any]], runs: Sequence[di
         f"{sum(g['sam'] <= 0 for g in chosen)}/{len(chosen)}",
         _fmt(max(seams) if seams else None, ".2f"),
         _fmt(min(g["vs_linear"] for g in chosen)),
+        f"{_fmt(min(coverages) if coverages else None, '.1%')} / "
+        f"{_fmt(max(coverages) if coverages else None, '.1%')}",
+        _fmt(_mean(g["spearman"] for g in chosen), ".2f"),
+        _fmt(_mean(g["rmse_drop"] for g in chosen), ".1%"),
     ]
     return "| " + " | ".join(cells) + " |"
 
@@ -634,7 +650,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.json_path.parent.mkdir(parents=True, exist_ok=True)
             with args.json_path.open("a") as f:
                 f.write(json.dumps(record) + "\n")
-        margins = ", ".join(f"{k} {_fmt(v['margin_db'])} dB (seam {_fmt(v['seam'], '.2f')})"
+        margins = ", ".join(f"{k} {_fmt(v['margin_db'])} dB (seam {_fmt(v['seam'], '.2f')}, ±1σ "
+                            f"{_fmt(v.get('coverage'), '.0%')}, ρ {_fmt(v.get('spearman'), '.2f')}, "
+                            f"drop {_fmt(v.get('rmse_drop'), '.0%')})"
                             for k, v in record["fit"].items())  # fmt: skip
         print(f"[{i}/{len(todo)}] {case.id}: vs {record['best_refined']['label']} "
               f"{record['best_refined']['psnr']:.2f} dB: {margins}; {record['seconds']:.0f} s "

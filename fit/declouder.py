@@ -29,6 +29,7 @@ from fit.losses import PerceptualLoss, masked_l2
 from fit.masks import refine_masks
 from fit.network import EncoderDecoder3D, SpatialPlan, crop_spatial, pad_spatial, spatial_plan
 from fit.schedule import output_windows, visit_groups, windows
+from fit.uncertainty import ErrorModel, fit_error_model, predict_sigma, propagate
 from fit.vgg import VGG16, load_vgg16
 from tiler.store import MaskClass
 
@@ -118,6 +119,12 @@ class DecloudResult:
     #: With ``shrink``: mean squared error on the held-out pixels of the guide and of the output.
     holdout_guide_mse: float = float("nan")
     holdout_fit_mse: float = float("nan")
+    #: Predicted standard deviation of ``prediction`` (reflectance), (time, band, y, x) float32, from the
+    #: held-out samples' errors (fit.uncertainty); 0 on kept pixels, (1 − w)·σ on feathered ones. None
+    #: without held-out samples (``holdout_fraction=0``).
+    sigma: np.ndarray | None = None
+    #: The error model behind ``sigma`` (its kind, samples, per-band scales).
+    error_model: ErrorModel | None = None
 
     @property
     def final_loss(self) -> float:
@@ -560,7 +567,7 @@ def decloud(
             inputs,
             s2,
             guide,
-            _Samples(clear, learn, held, hidden, assemble, draw_hidden),
+            _Samples(clear, learn, held, hidden, assemble, draw_hidden, days),
             plan,
             config,
             torch_device,
@@ -572,6 +579,10 @@ def decloud(
             snapshot_passes=frozenset(snapshot_passes),
         )
         prediction = finish(fitted.prediction)
+        sigma = None
+        if fitted.sigma is not None:
+            kept = clear[:, None].astype(np.float32) if config.keep_clear else None
+            sigma = propagate(fitted.sigma, kept_weight if kept_weight is not None else kept)
     seconds = time.perf_counter() - started
     peak, peak_kind = _peak_memory(torch_device)
     weights = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()} if keep_weights else None
@@ -601,6 +612,8 @@ def decloud(
         ),
         holdout_guide_mse=fitted.holdout_guide_mse,
         holdout_fit_mse=fitted.holdout_fit_mse,
+        sigma=sigma,
+        error_model=fitted.error_model,
     )
 
 
@@ -667,6 +680,9 @@ class _Fitted:
     shrinkage: tuple[float, ...] | None = None
     holdout_guide_mse: float = float("nan")
     holdout_fit_mse: float = float("nan")
+    #: σ of ``prediction`` before kept / feathered pixels (fit.uncertainty), and its model.
+    sigma: np.ndarray | None = None
+    error_model: ErrorModel | None = None
 
 
 @dataclass(frozen=True)
@@ -676,7 +692,7 @@ class _Samples:
     ``clear``: trusted; ``learn``: trusted minus held out; ``held``: held out (never seen, never learned);
     ``hidden``: the current hidden set (a subset of ``learn`` kept out of every input but in the loss);
     ``assemble(visible)``: (network input, guide) when only ``visible`` samples are known;
-    ``draw_hidden()``: a fresh hidden set.
+    ``draw_hidden()``: a fresh hidden set; ``days``: the dates (days), for the uncertainty's features.
     """
 
     clear: np.ndarray
@@ -685,6 +701,7 @@ class _Samples:
     hidden: np.ndarray
     assemble: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]]
     draw_hidden: Callable[[], np.ndarray]
+    days: np.ndarray
 
 
 def fit_shrinkage(
@@ -877,6 +894,8 @@ def _fit(
     if on_pass is not None and current_pass + 1 in snapshot_passes:
         on_pass(current_pass + 1, step, result)
     shrinkage, guide_mse, fit_mse = None, float("nan"), float("nan")
+    error_model: ErrorModel | None = None
+    sigma: np.ndarray | None = None
     if config.shrink != "off" and guide is not None:
         # Never worse than the guide: the correction is kept per band only as far as it helps on the
         # held-out pixels, which no input, guide or loss has seen. Then the output's guide and input
@@ -892,7 +911,24 @@ def _fit(
         full_input, full_guide = samples.assemble(samples.clear)
         assert full_guide is not None
         raw = predict(*network_input(full_input, full_guide))
-        result = full_guide + factor.reshape(1, -1, 1, 1).astype(np.float32) * (raw - full_guide)
+        final = full_guide + factor.reshape(1, -1, 1, 1).astype(np.float32) * (raw - full_guide)
+        # The held-out samples' errors, made without them, model the output's (fit.uncertainty).
+        error_model = fit_error_model(reflectance, checked, seen_guide, learn, held, samples.days, seed)
+        sigma = (
+            None
+            if error_model is None
+            else predict_sigma(error_model, reflectance, final, full_guide, samples.clear, samples.days)
+        )
+        result = final
+    elif held.any():
+        # No shrinkage: the output itself was predicted from the learned samples only.
+        seen_guide = None if guide is None else (samples.assemble(learn)[1] if hiding else guide)
+        error_model = fit_error_model(reflectance, result, seen_guide, learn, held, samples.days, seed)
+        sigma = (
+            None
+            if error_model is None
+            else predict_sigma(error_model, reflectance, result, seen_guide, learn, samples.days)
+        )
     return _Fitted(
         prediction=result,
         curve=_downsample_curve(losses[:step].cpu().numpy()),
@@ -903,6 +939,8 @@ def _fit(
         shrinkage=shrinkage,
         holdout_guide_mse=guide_mse,
         holdout_fit_mse=fit_mse,
+        sigma=sigma,
+        error_model=error_model,
     )
 
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -37,9 +37,9 @@ import torch
 from fit.arrays import TileArrays
 from fit.baselines import BASELINE_NAMES, baselines_for
 from fit.config import FitConfig
-from fit.declouder import Progress, Snapshot, decloud, trusted_clear
+from fit.declouder import DecloudResult, Progress, Snapshot, decloud, trusted_clear
 from fit.errors import EvaluationError
-from fit.metrics import Scores, score, seam_ratio
+from fit.metrics import Calibration, Scores, calibration, region_samples, score, seam_ratio
 from fit.vgg import VGG16
 from tiler.store import MaskClass
 
@@ -72,6 +72,9 @@ class MethodScores:
     #: :func:`fit.metrics.seam_ratio` across the kept/filled boundary, averaged over the targets (NaN
     #: where a target has no such boundary, e.g. a fully painted one).
     seam: float = float("nan")
+    #: The fit's predicted σ against its true errors on the painted pixels of every target, pooled
+    #: (:func:`fit.metrics.calibration`); None for the baselines and for a fit without σ.
+    calibration: Calibration | None = None
 
     @property
     def label(self) -> str:
@@ -110,7 +113,8 @@ class Evaluation:
         out = asdict(self)
         out["rows"] = [
             {"method": r.method, "variant": r.variant, "seconds": r.seconds, "seam": r.seam,
-             PAINTED: r.painted.to_dict(), WHOLE: r.whole.to_dict()}
+             PAINTED: r.painted.to_dict(), WHOLE: r.whole.to_dict(),
+             "calibration": None if r.calibration is None else r.calibration.to_dict()}
             for r in self.rows
         ]  # fmt: skip
         best = self.best_baseline()
@@ -195,6 +199,18 @@ def paint(
     return PaintedSeries(painted, targets, source, region, clear)
 
 
+def painted_calibration(
+    case: PaintedSeries, truth: np.ndarray, prediction: np.ndarray, sigma: np.ndarray
+) -> Calibration:
+    """:func:`fit.metrics.calibration` over the painted, truly clear pixels of every target, pooled."""
+    errors, sigmas = zip(
+        *(region_samples(truth[t], prediction[t], sigma[t], case.region & case.truth_clear[t])
+          for t in case.targets),
+        strict=True,
+    )  # fmt: skip
+    return calibration(np.concatenate(errors, axis=1), np.concatenate(sigmas, axis=1))
+
+
 def evaluate(
     tile: TileArrays,
     config: FitConfig,
@@ -211,6 +227,7 @@ def evaluate(
     snapshot_passes: Sequence[int] = (),
     on_snapshot: Callable[[int, int, MethodScores], None] | None = None,
     init_weights: Mapping[str, torch.Tensor] | None = None,
+    on_fit: Callable[[str, PaintedSeries, DecloudResult], None] | None = None,
 ) -> Evaluation:
     """Run the protocol on ``tile`` (cut it to the dates to use first) and score every method.
 
@@ -219,6 +236,8 @@ def evaluate(
     ``snapshot_passes`` (quality against compute along one fit; ``scores.seconds`` is NaN there).
     ``init_weights``: start the fits from a neighbour's weights (a warm start: ``config.warm_passes``).
     ``protocol``: ``realistic`` (painted pixels keep the source's SCL classes) or ``oracle`` (marked cloud).
+    ``on_fit(input, painted series, result)``: called with each fit's result (e.g. for a quicklook).
+    The fit rows carry the calibration of the fit's σ on the painted pixels (``MethodScores.calibration``).
     """
     case = paint(tile, config, k=targets, mode=paint_mode, protocol=protocol)
     series = case.tile
@@ -274,7 +293,12 @@ def evaluate(
             snapshot_passes=snapshot_passes,
             init_weights=init_weights,
         )
-        rows.append(scored("fit", kind, result.prediction, result.seconds, result.clear))
+        row = scored("fit", kind, result.prediction, result.seconds, result.clear)
+        if result.sigma is not None:
+            row = replace(row, calibration=painted_calibration(case, truth, result.prediction, result.sigma))
+        rows.append(row)
+        if on_fit is not None:
+            on_fit(kind, case, result)
 
     observed = np.nan_to_num(series.reflectance)
     nodata = ~np.isfinite(series.reflectance).all(axis=1) | (series.reflectance <= 0).any(axis=1)

@@ -27,10 +27,12 @@ from fit.vgg import load_vgg16
 from tiler.errors import OutputExistsError
 from tiler.store import (
     DECLOUDED,
+    DECLOUDED_SIGMA,
     INPUT_VARIABLES,
     S2,
     S2_NODATA,
     S2_SCALE,
+    SIGMA_NODATA,
     MaskClass,
     open_tile,
     tile_status,
@@ -112,6 +114,15 @@ def load_weights(url: str, storage_options: Mapping[str, Any] | None) -> dict[st
 def to_stored(reflectance: np.ndarray) -> np.ndarray:
     """Reflectance in [0, 1] -> the schema's uint16 (× 10000), never the no-data value 0."""
     return np.clip(np.rint(reflectance * S2_SCALE), DECLOUDED_MIN, S2_SCALE).astype(np.uint16)
+
+
+def sigma_to_stored(sigma: np.ndarray, declouded: np.ndarray) -> np.ndarray:
+    """σ in reflectance -> uint16 × 10000 (rounded, at most SIGMA_NODATA − 1); SIGMA_NODATA where the
+    stored ``declouded`` value is no data or σ is not finite."""
+    scaled = np.where(np.isfinite(sigma), sigma, 0.0) * S2_SCALE
+    stored = np.clip(np.rint(scaled), 0, SIGMA_NODATA - 1).astype(np.uint16)
+    stored[(declouded == S2_NODATA) | ~np.isfinite(sigma)] = SIGMA_NODATA
+    return stored
 
 
 def fit_tile(
@@ -208,6 +219,17 @@ def _output_dataset(ds: xr.Dataset, result: DecloudResult, config: FitConfig, se
     out[DECLOUDED] = (ds[S2].dims, stored)
     out[DECLOUDED].attrs.update(ds[S2].attrs)
     out[DECLOUDED].attrs["description"] = "cloud-free S2 predicted by the per-tile fit (docs/fit.md)"
+    if result.sigma is not None:
+        out[DECLOUDED_SIGMA] = (ds[S2].dims, sigma_to_stored(result.sigma, stored))
+        out[DECLOUDED_SIGMA].attrs.update(
+            units=f"reflectance x {S2_SCALE}",
+            nodata=SIGMA_NODATA,
+            description=(
+                "predicted standard deviation of s2_declouded's error (declouding only: 0 where the "
+                "observation is kept, (1 - w) sigma where feathered), from the fit's held-out samples; "
+                'docs/fit.md "Uncertainty"'
+            ),
+        )
     # Attributes must be JSON scalars or strings in Zarr: nested values are stored as JSON text.
     out.attrs.update(
         fit_preset=config.name,
@@ -229,4 +251,9 @@ def _output_dataset(ds: xr.Dataset, result: DecloudResult, config: FitConfig, se
         fit_loss_curve=json.dumps([[int(i), float(v)] for i, v in result.loss_curve]),
         fit_clear_fraction=float(result.clear.mean()),
     )
+    if result.error_model is not None:
+        out.attrs.update(
+            fit_sigma_model=result.error_model.kind,
+            fit_sigma_samples=int(result.error_model.samples),
+        )
     return out
