@@ -129,6 +129,20 @@ class Evaluation:
         return out
 
 
+def calibration_lines(evaluation: Evaluation) -> list[str]:
+    """One line per fit with a σ: its calibration on the painted pixels (for the command line)."""
+    lines = []
+    for r in evaluation.rows:
+        c = r.calibration
+        if c is not None:
+            lines.append(
+                f"fit ({r.variant}) sigma on the {c.pixels} painted pixels: {c.coverage:.1%} of |error| "
+                f"within 1 sigma (68.3 % = calibrated), Spearman sigma vs |error| {c.spearman:.2f}, "
+                f"RMSE {c.rmse_drop:.1%} lower without the 10 % most uncertain pixels"
+            )
+    return lines
+
+
 def choose_targets(clear_fraction: np.ndarray, k: int, name: str) -> list[int]:
     """``k`` dates at least :data:`TARGET_MIN_CLEAR` clear, spread evenly over the candidates in time."""
     candidates = np.flatnonzero(clear_fraction >= TARGET_MIN_CLEAR)

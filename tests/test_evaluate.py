@@ -14,7 +14,7 @@ from fit.baselines import mosaic_mean, nearest_clear, observation_gaps, temporal
 from fit.config import SMOKE
 from fit.declouder import decloud, trusted_clear
 from fit.errors import EvaluationError
-from fit.evaluate import PARTIAL_COVER, TARGET_MIN_CLEAR, evaluate, paint
+from fit.evaluate import PARTIAL_COVER, TARGET_MIN_CLEAR, calibration_lines, evaluate, paint
 from tiler.store import MaskClass, open_tile
 
 
@@ -191,3 +191,28 @@ def test_the_demo_quicklook_seam_uses_the_nearest_clear_date(window: TileArrays)
     assert seam["seam_ratio"] == pytest.approx(1.0)
     # the clouds left in place: a hard step at the boundary
     assert quicklook_seam(window, observed, FAST)["seam_ratio"] > 1.1
+
+
+def test_the_fit_rows_carry_the_calibration_of_their_sigma(window: TileArrays) -> None:
+    """With a hold-out the fit has a σ: its calibration on the painted pixels is in the rows and JSON."""
+    crop = TileArrays(window.name, window.reflectance[..., 20:44, 20:44], window.mask[..., 20:44, 20:44],
+                      window.s1[..., 20:44, 20:44], window.bands, window.times)  # fmt: skip
+    held = SMOKE.replace(holdout_fraction=0.1, holdout_shapes="clouds")
+    evaluation = evaluate(crop, held, paint_mode="partial", protocol="oracle", targets=2, inputs=("s1",),
+                          device="cpu")  # fmt: skip
+    fit = evaluation.row("fit", "s1")
+    assert fit.calibration is not None
+    region = paint(crop, held, k=2, mode="partial", protocol="oracle").region
+    assert 0 < fit.calibration.pixels <= 2 * region.sum()  # the painted pixels of both targets, pooled
+    assert fit.calibration.samples == fit.calibration.pixels * len(crop.bands)
+    assert 0 <= fit.calibration.coverage <= 1 and -1 <= fit.calibration.spearman <= 1
+    assert all(r.calibration is None for r in evaluation.rows if r.method != "fit")
+    record = json.loads(json.dumps(evaluation.to_dict()))
+    (row,) = [r for r in record["rows"] if (r["method"], r["variant"]) == ("fit", "s1")]
+    assert row["calibration"]["coverage"] == fit.calibration.coverage
+    (line,) = calibration_lines(evaluation)
+    assert f"{fit.calibration.coverage:.1%}" in line and "fit (s1)" in line
+    # no hold-out, no σ: nothing to calibrate
+    plain = evaluate(crop, SMOKE, paint_mode="partial", protocol="oracle", targets=1, inputs=("s1",),
+                     device="cpu")  # fmt: skip
+    assert plain.row("fit", "s1").calibration is None and calibration_lines(plain) == []

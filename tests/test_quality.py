@@ -133,3 +133,28 @@ def test_the_protocols_agree_only_where_they_paint_the_same_series(quality: Modu
     tiles: dict[str, object] = {}
     assert quality.protocols_agree(cloudiest, PRESETS["fast"], 24, 2, tiles)
     assert not quality.protocols_agree(partial, PRESETS["fast"], 24, 2, tiles)
+
+
+def test_the_suite_reports_the_sigma_calibration_and_reads_files_without_it(
+    quality: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "suite.jsonl"
+    argv = ["--preset", "smoke", "--quick", "--cases", "gen-29snd/partial", "--crop", "12", "--set",
+            "holdout_fraction=0.1", "--set", "holdout_shapes=clouds", "--json", str(out)]  # fmt: skip
+    assert quality.main(argv) == 0
+    capsys.readouterr()
+    (record,) = quality.read_records(out)
+    fit = record["fit"]["noise"]
+    assert 0 <= fit["coverage"] <= 1 and -1 <= fit["spearman"] <= 1 and fit["rmse_drop"] < 1
+    summary = quality.group_summary([record])
+    assert summary["coverage"] == fit["coverage"] and summary["rmse_drop"] == fit["rmse_drop"]
+    table = quality.summarise([record])
+    assert f"{fit['coverage']:.1%}" in table and "±1σ coverage min / max" in table
+    # a file written before the calibration existed: the same tables, the new cells empty
+    old = json.loads(json.dumps(record))
+    for key in ("coverage", "spearman", "rmse_drop"):
+        del old["fit"]["noise"][key]
+    assert quality.group_summary([old])["coverage"] is None
+    (line,) = [row for row in quality.summarise([old]).splitlines() if row.startswith("| oracle |")]
+    assert line.rstrip(" |").endswith("– / – | – | –")
+    assert "gen-29snd/partial/oracle" in quality.compare([old], [record])

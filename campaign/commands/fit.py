@@ -190,7 +190,7 @@ def evaluate_command(
     from fit.arrays import TileArrays
     from fit.config import resolve_config
     from fit.errors import FitConfigError
-    from fit.evaluate import evaluate
+    from fit.evaluate import calibration_lines, evaluate
     from fit.vgg import load_vgg16
     from tiler.store import open_tile
 
@@ -217,6 +217,8 @@ def evaluate_command(
             progress=update,
         )
     print_table(evaluation_table(evaluation))
+    for line in calibration_lines(evaluation):
+        console.print(line, highlight=False)
     if json_path is not None:
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(json_path).write_text(json.dumps(evaluation.to_dict(), indent=2) + "\n")
