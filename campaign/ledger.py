@@ -24,12 +24,13 @@ output that is not there.
 
 Loading reads the index object(s) and the journal (the records newer than the index); for each tile the
 record with the highest stamp wins, so a journal entry already folded into an index (a compaction cut
-short before deleting it) changes nothing. :meth:`Ledger.compact` (every :data:`COMPACT_EVERY` records
-a ledger writes, and on :meth:`Ledger.close`) lists the journal, merges it into a new index, writes the
-index, and only then deletes the journal entries and older indexes it merged: every record is always in
-an index or in the journal, whatever crashes when, and records written during a compaction are entries
-it did not list, which stay. A reader that finds a listed object gone (a compaction meanwhile) loads
-again.
+short before deleting it) changes nothing. :meth:`Ledger.compact` (when a ledger has written
+:data:`COMPACT_EVERY` records or :data:`COMPACT_SHARE` of the index's, whichever is more, or
+:data:`MAX_JOURNAL_ENTRIES` journal entries; and on :meth:`Ledger.close`) lists the journal, merges it
+into a new index, writes the index, and only then deletes the journal entries and older indexes it
+merged: every record is always in an index or in the journal, whatever crashes when, and records
+written during a compaction are entries it did not list, which stay. A reader that finds a listed object
+gone (a compaction meanwhile) loads again.
 
 Records in an index are parsed only when asked for (:meth:`Ledger.get`); the states
 (:meth:`Ledger.state`) and the report's figures (:meth:`Ledger.digests`) come from the index header, so
@@ -71,6 +72,13 @@ INDEX_SUFFIX = ".idx"
 #: load reads one object at a time (at most about this many journal entries: on an object store one
 #: GET each) against how often the whole index is rewritten (bench/ledger.py measures both).
 COMPACT_EVERY = 5_000
+#: ... or this share of the index's records, if more: every compaction rewrites the whole index, so a fixed
+#: threshold makes the records rewritten over a campaign grow with the square of its tiles (350 k tiles ×
+#: 3 records: ~200 rewrites of up to 1 M records). A threshold proportional to the index keeps them linear:
+#: the index sizes written form a geometric series, in total at most (1 + 1/share) × the records written.
+COMPACT_SHARE = 0.5
+#: ... and at the latest after this many journal entries (objects), whatever they hold: a load reads each.
+MAX_JOURNAL_ENTRIES = 2_000
 #: Loads retried when a listed object vanished under a concurrent compaction.
 LOAD_ATTEMPTS = 5
 #: zstd level 1 (numcodecs): the index is rewritten at every compaction, so encoding speed matters
@@ -385,6 +393,11 @@ class Ledger:
         self._journal: set[str] = set()
         self._legacy: list[str] = []
         self._since_compact = 0
+        self._entries_since_compact = 0
+
+    def _compact_due(self) -> bool:
+        threshold = max(COMPACT_EVERY, int(COMPACT_SHARE * len(self._stamps)))
+        return self._since_compact >= threshold or self._entries_since_compact >= MAX_JOURNAL_ENTRIES
 
     @classmethod
     def open(cls, url: str, storage_options: Mapping[str, Any] | None = None) -> Ledger:
@@ -561,7 +574,8 @@ class Ledger:
             self._apply(record.tile_id, stamp, record, data)
             self._journal.add(name)
             self._since_compact += 1
-            if self._since_compact >= COMPACT_EVERY:
+            self._entries_since_compact += 1
+            if self._compact_due():
                 self.compact()
 
     def put_many(self, records: Sequence[TileRecord]) -> None:
@@ -587,7 +601,8 @@ class Ledger:
                 self._apply(record.tile_id, stamp, record, line)
             self._journal.add(name)
             self._since_compact += len(records)
-            if self._since_compact >= COMPACT_EVERY:
+            self._entries_since_compact += 1
+            if self._compact_due():
                 self.compact()
 
     def compact(self) -> str | None:
@@ -606,6 +621,7 @@ class Ledger:
             else:
                 self._merge_journal(journal)
             self._since_compact = 0
+            self._entries_since_compact = 0
             if not journal and not self._legacy and len(self._indexes) <= 1:
                 return None
             name = self._write_index()

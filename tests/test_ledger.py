@@ -488,3 +488,37 @@ def test_summary_names_the_first_failures_and_counts_the_rest_by_reason() -> Non
     rest = [reasons[k % 2] for k in range(FAILED_LISTED, len(ids))]
     assert grouped == {f"{rest.count(r)} at fit (bad input): {r}" for r in set(rest)}
     assert len(report.failed) == len(ids)  # the JSON report still lists every one
+
+
+def test_compactions_rewrite_records_linearly_in_the_campaign(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each compaction rewrites the whole index: the records rewritten over a campaign must stay linear in
+    the records written (a geometric series of index sizes), not quadratic as with a fixed threshold."""
+    import campaign.ledger as ledger_module
+
+    monkeypatch.setattr(ledger_module, "COMPACT_EVERY", 10)
+    ledger = Ledger.open(str(tmp_path / "ledger"))
+    rewritten: list[int] = []
+    write_index = ledger._write_index
+
+    def counting() -> str:
+        rewritten.append(len(ledger._stamps))
+        return write_index()
+
+    monkeypatch.setattr(ledger, "_write_index", counting)
+    ids = [f"32631_c{c:04d}_r{r:04d}" for c in range(100) for r in range(40)]  # 4,000 tiles
+    for start in range(0, len(ids), 20):  # the driver's batches: put_many, one journal entry each
+        ledger.put_many([_record(t) for t in ids[start : start + 20]])
+    ledger.close()
+    # A fixed threshold of 10 records would rewrite ~800,000 records here (200× the records written).
+    assert sum(rewritten) <= (1 + 1 / ledger_module.COMPACT_SHARE) * len(ids) + len(ids)
+    assert len(rewritten) < 20
+    reread = Ledger.open(str(tmp_path / "ledger"))
+    assert {t: reread.get(t) for t in ids} == {t: _record(t) for t in ids}
+    # The journal is bounded in entries as well: at most MAX_JOURNAL_ENTRIES before a compaction.
+    monkeypatch.setattr(ledger_module, "MAX_JOURNAL_ENTRIES", 3)
+    before = len(rewritten)
+    for tile_id in ids[:3]:
+        ledger.put(_fitted(tile_id))
+    assert len(rewritten) == before + 1
