@@ -252,6 +252,7 @@ def case_record(case: Case, evaluation: Evaluation, crop: int, key: str, seconds
     for row in evaluation.rows:
         if row.method != "fit":
             continue
+        c = row.calibration
         fits[row.variant] = {
             "psnr": row.painted.psnr,
             "sam": row.painted.sam,
@@ -262,9 +263,10 @@ def case_record(case: Case, evaluation: Evaluation, crop: int, key: str, seconds
             "vs_linear_db": row.painted.psnr - linear.painted.psnr,
             "sam_vs_best": row.painted.sam - best.painted.sam,
             # The fit's σ on the painted pixels (fit.metrics.calibration); None without a σ.
-            "coverage": None if row.calibration is None else _finite(row.calibration.coverage),
-            "spearman": None if row.calibration is None else _finite(row.calibration.spearman),
-            "rmse_drop": None if row.calibration is None else _finite(row.calibration.rmse_drop),
+            "coverage": None if c is None else _finite(c.coverage),
+            "spearman": None if c is None else _finite(c.spearman),
+            "rmse_drop": None if c is None else _finite(c.rmse_drop),
+            "rmse_drop_ceiling": None if c is None else _finite(c.rmse_drop_ceiling),
         }
     return {
         "case": case.id,
@@ -419,6 +421,7 @@ def group_summary(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "coverage": _mean(r["fit"][primary].get("coverage") for r in runs),
         "spearman": _mean(r["fit"][primary].get("spearman") for r in runs),
         "rmse_drop": _mean(r["fit"][primary].get("rmse_drop") for r in runs),
+        "rmse_drop_ceiling": _mean(r["fit"][primary].get("rmse_drop_ceiling") for r in runs),
         "seconds": statistics.mean(r["seconds"] for r in runs),
     }
 
@@ -426,7 +429,7 @@ def group_summary(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
 CASE_HEADER = (
     "| case (series/paint/protocol) | seeds | input | best refined baseline | its PSNR | fit PSNR "
     "| margin dB | seed spread | worst seed | S1 − noise | SAM − best° | seam | painted trusted "
-    "| ±1σ coverage | Spearman σ vs err | RMSE drop (10 % most uncertain) | s/case |\n"
+    "| ±1σ coverage | Spearman σ vs err | RMSE drop (10 % most uncertain) / ceiling | s/case |\n"
     "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 )
 SUMMARY_HEADER = (
@@ -443,7 +446,8 @@ def _case_line(g: dict[str, Any]) -> str:
         name, str(g["seeds"]), g["input"], g["best"], f"{g['best_psnr']:.2f}", f"{g['fit_psnr']:.2f}",
         _fmt(g["margin"]), _fmt(g["spread"], ".2f"), _fmt(g["worst_seed"]), _fmt(g["s1_noise"]),
         _fmt(g["sam"]), _fmt(g["seam"], ".2f"), _fmt(g["trusted"], ".1%"), _fmt(g["coverage"], ".1%"),
-        _fmt(g["spearman"], ".2f"), _fmt(g["rmse_drop"], ".1%"), f"{g['seconds']:.0f}",
+        _fmt(g["spearman"], ".2f"), f"{_fmt(g['rmse_drop'], '.1%')} / {_fmt(g['rmse_drop_ceiling'], '.1%')}",
+        f"{g['seconds']:.0f}",
     ]  # fmt: skip
     return "| " + " | ".join(cells) + " |"
 

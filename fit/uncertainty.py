@@ -3,15 +3,24 @@
 The fit already holds out trusted samples in the series' own cloud shapes (``holdout_fraction``,
 ``holdout_shapes="clouds"``) and predicts them without them: no input, guide or loss saw them. Their
 residuals ``r = observation − prediction`` are honest errors of exactly the kind a cloud fill makes.
-:func:`fit_error_model` fits a small per-tile model of ``log |r|`` on features every (date, band, pixel)
-has (:data:`FEATURES`): the days to the nearest visible observation before and after the date, whether
-the interpolation is one-sided, the network's correction ``|prediction − guide|``, how much the pixel's
-neighbouring observations differ (the change the interpolation spans), the guide's brightness, the
-distance to the nearest visible pixel of the same date (deep inside a cloud or at its edge), the guide's
-local spatial variability, and the band (one intercept per band). A ridge regression on standardised
-features gives a relative scale ``exp(ŷ)``; a per-band split-conformal factor then makes it a standard
-deviation in the sense of ±1σ coverage: the factor is the 68.27 % quantile of ``|r| / exp(ŷ)`` over the
-band's held-out samples, so that 68.27 % of them lie within 1σ.
+:func:`fit_error_model` fits a small per-tile model of ``log |r|`` in two log-linear stages, on
+features every (date, band, pixel) has (:data:`FEATURES`):
+
+1. The guide's own error, learned on every visible sample (the guide is leave-one-out, so its error
+   there is honest, and there are samples on every date, where the held-out ones cover only a few):
+   log |observation − guide| on the days to the nearest visible observation before and after, whether
+   the interpolation is one-sided, how much the pixel's neighbouring observations differ (the change
+   the interpolation spans), the guide's brightness and local spatial spread, the share of the date the
+   masks distrust (a partly cloudy date's "truth" carries the masks' misses, haze at cloud edges; σ is
+   predicted with that share at 0, the error against a clean observation), and one intercept per band.
+2. The fit's error on the held-out samples relative to stage 1 (stage 1's output is an offset): the
+   network's correction ``|prediction − guide|``, the distance to the nearest visible pixel of the same
+   date (deep inside a cloud or at its edge), one intercept per band.
+
+Features are standardised, clipped to the range they were fitted on, and each stage is a ridge
+regression. ``exp(ŷ)`` is then made a standard deviation in the sense of ±1σ coverage by a per-band
+split-conformal factor: the 68.27 % quantile of ``|r| / exp(ŷ)`` over the band's held-out samples (the
+pooled one for a band with few), so that 68.27 % of them lie within 1σ.
 
 Few held-out samples (a tiny tile): no regression, a per-band constant (the band's 68.27 % quantile of
 |r|), or one pooled constant when a band has too few. No held-out sample at all
@@ -59,8 +68,7 @@ FEATURES: tuple[str, ...] = (
 )
 #: Column of the untrusted share in FEATURES.
 UNTRUSTED = FEATURES.index("untrusted share of the date")
-#: The guide's error model's features (per pixel over time) and the fill's (the network, the hole); the
-#: fill's model also takes the guide model's output.
+#: The guide's error model's features (per pixel over time) and the fill's (the network, the hole).
 GUIDE_COLUMNS: tuple[int, ...] = (0, 1, 2, 4, 5, 7, UNTRUSTED)
 FILL_COLUMNS: tuple[int, ...] = (3, 6)
 #: Fewer held-out (pixel, band) samples than this per regression weight: a per-band constant instead.
@@ -92,7 +100,7 @@ class LogLinear:
         cls, x: np.ndarray, target: np.ndarray, band: np.ndarray, n_bands: int, columns: tuple[int, ...]
     ) -> LogLinear:
         """Ridge of ``target`` on ``x`` (n, k) plus one intercept per band (not shrunk); ``columns``: which
-        of :data:`FEATURES` the first columns of ``x`` are (a fill model's last column is the guide's)."""
+        of :data:`FEATURES` the columns of ``x`` are."""
         mean, std = x.mean(axis=0), x.std(axis=0) + 1e-6
         low, high = x.min(axis=0), x.max(axis=0)
         if UNTRUSTED in columns:
@@ -112,14 +120,14 @@ class LogLinear:
 
 @dataclass(frozen=True)
 class ErrorModel:
-    """σ = scale[band] · exp(fill(features, guide(features))) — or σ = scale[band] without ``fill``.
+    """σ = scale[band] · exp(guide(features) + fill(features)) — or σ = scale[band] without ``fill``.
 
     ``guide``: log |error| of the guide alone, learned on every visible sample (all dates: how the
     interpolation's error grows with the gaps, the change it spans, the brightness, the date's haze);
-    ``fill``: log |error| of the fit on the held-out samples, from ``guide``'s output, the network's
-    correction and the distance to the nearest visible pixel. ``kind``: "regression", "per-band
-    constant" or "pooled constant"; ``samples``: held-out (pixel, band) samples; ``coverage``: ±1σ
-    coverage on them (0.6827 up to quantile ties).
+    ``fill``: how much the fit's log |error| on the held-out samples differs from that (the guide's
+    model is an offset), from the network's correction and the distance to the nearest visible pixel.
+    ``kind``: "regression", "per-band constant" or "pooled constant"; ``samples``: held-out (pixel,
+    band) samples; ``coverage``: ±1σ coverage on them (0.6827 up to quantile ties).
     """
 
     kind: str
@@ -128,18 +136,21 @@ class ErrorModel:
     guide: LogLinear | None = None
     fill: LogLinear | None = None
     coverage: float = float("nan")
+    #: (band,): σ never exceeds the band's largest held-out |r| (beyond it the model only extrapolates).
+    ceiling: np.ndarray | None = None
 
     def log_relative(self, features: np.ndarray, band: np.ndarray | int) -> np.ndarray:
         """ŷ for (n, feature) samples (all of :data:`FEATURES`)."""
         if self.fill is None:
             return np.zeros(len(features))
-        columns = [features[:, list(self.fill.columns)]]
+        out = self.fill(features[:, list(self.fill.columns)], band)
         if self.guide is not None:
-            columns.append(self.guide(features[:, list(self.guide.columns)], band)[:, None])
-        return self.fill(np.concatenate(columns, axis=1), band)
+            out = out + self.guide(features[:, list(self.guide.columns)], band)
+        return out
 
     def sigma(self, features: np.ndarray, band: int) -> np.ndarray:
-        return self.scale[band] * np.exp(np.clip(self.log_relative(features, band), -30.0, 30.0))
+        sigma = self.scale[band] * np.exp(np.clip(self.log_relative(features, band), -30.0, 30.0))
+        return sigma if self.ceiling is None else np.minimum(sigma, self.ceiling[band])
 
 
 def _date_features(
@@ -236,7 +247,7 @@ def fit_error_model(
     residual = np.abs(reflectance - np.clip(prediction, 0.0, 1.0)).transpose(0, 2, 3, 1)[held]  # (n, band)
     band = np.broadcast_to(np.arange(n_bands), residual.shape).ravel()
     residual = residual.ravel()
-    n_weights = len(FILL_COLUMNS) + 1 + n_bands
+    n_weights = len(FILL_COLUMNS) + n_bands
     if residual.size < MIN_SAMPLES_PER_WEIGHT * n_weights:
         kind = "per-band constant" if (np.bincount(band, minlength=n_bands) >= MIN_BAND_SAMPLES).any() else (
             "pooled constant")  # fmt: skip
@@ -275,21 +286,24 @@ def fit_error_model(
         keep = np.sort(rng.choice(len(x), MAX_SAMPLES, replace=False))
         x, residual, band = x[keep], residual[keep], band[keep]
     guide_model = None
-    fill_inputs = [x[:, list(FILL_COLUMNS)]]
     if guide_rows and sum(len(e) for e in guide_error) >= MIN_SAMPLES_PER_WEIGHT * (
         len(GUIDE_COLUMNS) + n_bands
     ):
         gx = np.concatenate(guide_rows)[:, list(GUIDE_COLUMNS)]
         gy = np.log(np.maximum(np.concatenate(guide_error), RESIDUAL_FLOOR))
         guide_model = LogLinear.fit(gx, gy, np.concatenate(guide_band), n_bands, GUIDE_COLUMNS)
-        fill_inputs.append(guide_model(x[:, list(GUIDE_COLUMNS)], band)[:, None])
     target = np.log(np.maximum(residual, RESIDUAL_FLOOR))
-    fill = LogLinear.fit(np.concatenate(fill_inputs, axis=1), target, band, n_bands, FILL_COLUMNS)
+    if guide_model is not None:
+        target = target - guide_model(x[:, list(GUIDE_COLUMNS)], band)
+    fill = LogLinear.fit(x[:, list(FILL_COLUMNS)], target, band, n_bands, FILL_COLUMNS)
     model = ErrorModel("regression", int(residual.size), np.ones(n_bands), guide_model, fill)
     relative = np.exp(np.clip(model.log_relative(x, band), -30.0, 30.0))
     scale = _scales(residual / relative, band, n_bands)
     covered = float(np.mean(residual <= scale[band] * relative))
-    return ErrorModel("regression", int(residual.size), scale, guide_model, fill, covered)
+    ceiling = np.array(
+        [residual[band == b].max() if (band == b).any() else residual.max() for b in range(n_bands)]
+    )
+    return ErrorModel("regression", int(residual.size), scale, guide_model, fill, covered, ceiling)
 
 
 def predict_sigma(

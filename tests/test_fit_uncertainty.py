@@ -58,8 +58,10 @@ def test_calibration_rmse_drop_is_exact_on_a_hand_made_case() -> None:
     assert math.ceil(DROP_FRACTION * 10) == 1
     assert result.rmse_drop == pytest.approx(1 - 1.0 / total)
     assert result.coverage == 0.0 and result.spearman == pytest.approx(math.sqrt(1.0) * 1.0)
-    # the σ that ranks the worst pixel lowest drops a good one: RMSE goes up
-    assert calibration(errors, sigma[:, ::-1]).rmse_drop < 0
+    assert result.rmse_drop_ceiling == pytest.approx(result.rmse_drop)  # σ ranks like the true error
+    # the σ that ranks the worst pixel lowest drops a good one: RMSE goes up, the ceiling stays
+    reversed_sigma = calibration(errors, sigma[:, ::-1])
+    assert reversed_sigma.rmse_drop < 0 and reversed_sigma.rmse_drop_ceiling == result.rmse_drop_ceiling
 
 
 def test_calibration_refuses_mismatched_shapes_and_handles_no_pixel() -> None:
