@@ -23,7 +23,7 @@ With ``--cadence 10D`` each worker count runs twice on the same pre-ingested til
 with a regular calendar beside the mosaic (``[outputs] cadence``), and prints the wall-time ratio: what
 the calendar adds to a campaign (the calendar is computed inside each mosaic region task).
 
-    python bench/campaign.py --tiles 200 --workers 1 --baseline-tiles 0 --cadence 10D
+    python bench/campaign.py --tiles 200 --workers 1 --baseline-tiles 0 --cadence 10D [--repeats 3]
 """
 
 from __future__ import annotations
@@ -58,8 +58,10 @@ SAMPLE = ROOT / "tests" / "data" / "worldcereal_31ues.zarr"
 TILE_PX = 16
 OVERLAP_PX = 4
 DATES = 5
-#: First of the sample's dates the tiles take (a run of mostly clear summer dates).
+#: First of the sample's dates the tiles take (2018-12-07 .. 2019-01-01).
 FIRST_DATE = 20
+#: The campaigns' period: a year holding the tiles' dates (the mosaic's day axis; a calendar's steps).
+PERIOD = ("2018-12-01", "2019-11-30")
 #: South-west tile (column, row) of the benchmark's block of the zone-31N grid: near the sample site
 #: in Belgium (x 576 km, y 5,628 km), so the planned area stays inside the zone.
 ORIGIN = (4_800, 46_900)
@@ -147,14 +149,17 @@ def prepare(out: Path, tiles: list[TileRef], shared_tiles: Path, config_text: st
 
 def config_text(area: str, items: Path, workers: int, cadence: str | None = None) -> str:
     calendar = f'cadence = "{cadence}"\n' if cadence else ""
+    # The mosaic's bands are the ingest bands (fixed with the template): the sample's, as the tiles have.
+    bands = json.dumps([str(b) for b in open_tile(str(SAMPLE))["band"].values])
     return f"""
 name = "bench"
 area = "{area}"
-start = 2019-01-01
-end = 2019-12-31
+start = {PERIOD[0]}
+end = {PERIOD[1]}
 output = "."
 [catalog]
 items = "{items}"
+bands = {bands}
 [grid]
 size = [{TILE_PX}, {TILE_PX}]
 overlap = {OVERLAP_PX}
@@ -195,8 +200,9 @@ def run(
     items: Path,
     folder: Path,
     cadence: str | None = None,
+    tag: str = "",
 ) -> dict[str, float]:
-    out = folder / f"run-{workers}{'-' + cadence if cadence else ''}"
+    out = folder / f"run-{workers}{'-' + cadence if cadence else ''}{'-' + tag if tag else ''}"
     path = prepare(out, tiles, shared, config_text(area, items, workers, cadence))
     config = parse_config(_toml(path), base=out)
     started = time.perf_counter()
@@ -290,6 +296,7 @@ def main() -> None:
     parser.add_argument(
         "--cadence", help="also run each worker count with this calendar cadence (e.g. 10D) and compare"
     )
+    parser.add_argument("--repeats", type=int, default=1, help="with --cadence: runs of each kind")
     args = parser.parse_args()
 
     from ingest.sample import write_sample_catalog
@@ -329,13 +336,30 @@ def main() -> None:
                 f"mosaic {r['mosaic_s']:.0f} s"
             )
             if args.cadence:
-                c = run(workers, tiles, shared, area, items, folder, cadence=args.cadence)
-                c["cadence"] = args.cadence  # type: ignore[assignment]
-                calendars.append(c)
+                # Alternating order (with, without, without, with, ...) after the first run without, so
+                # a drift of the machine's load does not fall on one side only.
+                plain, with_calendar = [r], []
+                for rep in range(2 * args.repeats - 1):
+                    cadence = args.cadence if rep % 4 in (0, 3) else None
+                    c = run(workers, tiles, shared, area, items, folder, cadence=cadence, tag=str(rep))
+                    if cadence:
+                        c["cadence"] = cadence  # type: ignore[assignment]
+                        with_calendar.append(c)
+                        calendars.append(c)
+                    else:
+                        plain.append(c)
+                    print(
+                        f"{workers} worker(s) {'with a ' + cadence + ' calendar' if cadence else 'without'}: "
+                        f"wall {c['wall_s']:.1f} s, fit phase {c['fit_phase_s']:.1f} s, mosaic tail after "
+                        f"the last fit {c['mosaic_s']:.1f} s"
+                    )
+                on = sum(c["wall_s"] for c in with_calendar)
+                off = sum(c["wall_s"] for c in plain)
                 print(
-                    f"{workers} worker(s) with a {args.cadence} calendar: wall {c['wall_s']:.0f} s "
-                    f"({c['wall_s'] / r['wall_s']:.3f}x without; fit phase {c['fit_phase_s']:.0f} s, "
-                    f"mosaic tail after the last fit {c['mosaic_s']:.1f} s against {r['mosaic_s']:.1f} s)"
+                    f"{workers} worker(s): {args.cadence} calendar against none, {len(with_calendar)} runs "
+                    f"each: total wall {on:.1f} s / {off:.1f} s = {on / off:.3f}x; medians "
+                    f"{statistics.median(c['wall_s'] for c in with_calendar):.1f} s / "
+                    f"{statistics.median(c['wall_s'] for c in plain):.1f} s"
                 )
             print(
                 f"   driver busy {r['driver_busy_ms_per_tile']:.1f} ms/tile "
