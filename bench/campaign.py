@@ -216,7 +216,11 @@ def run(
     first_fit, last_fit = min(a.started for a in fits), max(a.ended for a in fits)
     fit_span = last_fit - first_fit
     n = len(tiles)
+    regions = [a.seconds for r in ledger for a in r.attempts if a.stage == Stage.MOSAIC and a.outcome == "ok"]
     return {
+        # Median seconds of a mosaic region task (from the ledger: the task's own start and end).
+        "region_s_median": statistics.median(regions) if regions else float("nan"),
+        "region_s_total": sum(regions),
         "workers": workers,
         "tiles": n,
         "wall_s": wall,
@@ -333,14 +337,15 @@ def main() -> None:
                 f"{workers} worker(s): wall {r['wall_s']:.0f} s ({r['wall_s_per_tile']:.3f} s/tile, "
                 f"{r['wall_s_per_tile'] / base:.2f}x the baseline): start-up {r['startup_s']:.0f} s, "
                 f"fit phase {r['fit_phase_s']:.0f} s ({r['throughput_tiles_per_s']:.2f} tiles/s), "
-                f"mosaic {r['mosaic_s']:.0f} s"
+                f"mosaic {r['mosaic_s']:.0f} s; region tasks {r['region_s_total']:.1f} s in all "
+                f"(median {1000 * r['region_s_median']:.0f} ms)"
             )
             if args.cadence:
-                # Alternating order (with, without, without, with, ...) after the first run without, so
-                # a drift of the machine's load does not fall on one side only.
+                # Balanced order (without, with, with, without, without, with, ...; the first run
+                # without is the one above), so a drift of the machine's load falls on both sides.
                 plain, with_calendar = [r], []
-                for rep in range(2 * args.repeats - 1):
-                    cadence = args.cadence if rep % 4 in (0, 3) else None
+                for rep in range(1, 2 * args.repeats):
+                    cadence = args.cadence if rep % 4 in (1, 2) else None
                     c = run(workers, tiles, shared, area, items, folder, cadence=cadence, tag=str(rep))
                     if cadence:
                         c["cadence"] = cadence  # type: ignore[assignment]
@@ -351,15 +356,18 @@ def main() -> None:
                     print(
                         f"{workers} worker(s) {'with a ' + cadence + ' calendar' if cadence else 'without'}: "
                         f"wall {c['wall_s']:.1f} s, fit phase {c['fit_phase_s']:.1f} s, mosaic tail after "
-                        f"the last fit {c['mosaic_s']:.1f} s"
+                        f"the last fit {c['mosaic_s']:.1f} s, region tasks {c['region_s_total']:.1f} s "
+                        f"in all (median {1000 * c['region_s_median']:.0f} ms)"
                     )
-                on = sum(c["wall_s"] for c in with_calendar)
-                off = sum(c["wall_s"] for c in plain)
+                on = statistics.fmean(c["wall_s"] for c in with_calendar)
+                off = statistics.fmean(c["wall_s"] for c in plain)
+                on_regions = statistics.fmean(c["region_s_total"] for c in with_calendar)
+                off_regions = statistics.fmean(c["region_s_total"] for c in plain)
                 print(
-                    f"{workers} worker(s): {args.cadence} calendar against none, {len(with_calendar)} runs "
-                    f"each: total wall {on:.1f} s / {off:.1f} s = {on / off:.3f}x; medians "
-                    f"{statistics.median(c['wall_s'] for c in with_calendar):.1f} s / "
-                    f"{statistics.median(c['wall_s'] for c in plain):.1f} s"
+                    f"{workers} worker(s): {args.cadence} calendar against none, {len(with_calendar)} and "
+                    f"{len(plain)} runs: mean wall {on:.1f} s / {off:.1f} s = {on / off:.3f}x; mean region "
+                    f"task time in all {on_regions:.1f} s / {off_regions:.1f} s = "
+                    f"{on_regions / off_regions:.3f}x"
                 )
             print(
                 f"   driver busy {r['driver_busy_ms_per_tile']:.1f} ms/tile "
