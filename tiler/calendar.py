@@ -205,6 +205,7 @@ def resample_calendar(
         step_sigma = np.zeros_like(step) if sigma is not None else None
         unknown = np.zeros(step.shape, dtype=bool) if sigma is not None else None
         mean = np.zeros((height, width), dtype=bool)
+        product = np.empty_like(step) if k1 > k0 else None  # one buffer for w × value, no temporaries
         if k1 > k0:
             # 1. Weighted mean of the dates in the bin: time triangle × quality, renormalised.
             weight: np.ndarray | None = None
@@ -212,7 +213,9 @@ def resample_calendar(
                 w_time = np.float32(1.0 - abs(day_numbers[k] + 0.5 - centre) / half)
                 w = date_quality(observed[k : k + 1], None if sigma is None else sigma[k : k + 1])[0]
                 w = w * (valid[k] * w_time)  # (1 or B, y, x)
-                step += w * series[k]
+                assert product is not None
+                np.multiply(series[k], w, out=product)
+                step += product
                 weight = w if weight is None else weight + w
                 if sigma is not None and step_sigma is not None and unknown is not None:
                     unknown_k = sigma[k] == SIGMA_UNKNOWN
