@@ -523,13 +523,18 @@ def decloud(
     # The ridge guide's correction, per band, as far as it helps on the held-out pixels (all of it
     # without a hold-out); set below, once the held-out pixels are drawn.
     ridge_factor = np.ones((1, n_bands, 1, 1), dtype=np.float32)
+    # With shrink="regime": one factor per guide regime and band instead (set below).
+    ridge_regimes: np.ndarray | None = None
 
     def assemble(visible: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """The network's input and the guide when only ``visible`` samples are known."""
         guide = guide_series(reflectance, visible, days) if config.guide else None
         if guide is not None and config.guide_model == "ridge":
             ridge = ridge_guide(reflectance, guide, visible, radar, days, seed)
-            guide = (guide + ridge_factor * (ridge - guide)).astype(np.float32)
+            if ridge_regimes is None:
+                guide = (guide + ridge_factor * (ridge - guide)).astype(np.float32)
+            else:
+                guide = _apply_factors(guide, ridge, ridge_regimes, guide_regimes(visible, days))
         parts = [radar]
         if guide is not None and config.guide_gaps:
             parts.append(guide_gaps(visible, days))
@@ -548,9 +553,12 @@ def decloud(
     )
     if config.guide_model == "ridge" and config.shrink != "off" and held.any():
         linear = guide_series(reflectance, learn, days)
-        ridge_factor[:] = fit_shrinkage(
-            ridge_guide(reflectance, linear, learn, radar, days, seed), linear, reflectance, held
-        ).reshape(ridge_factor.shape)
+        ridge = ridge_guide(reflectance, linear, learn, radar, days, seed)
+        if config.shrink == "regime":
+            ridge_regimes = fit_regime_shrinkage(ridge, linear, reflectance, held, guide_regimes(learn, days))
+            ridge_factor[:] = ridge_regimes[0].reshape(ridge_factor.shape)
+        else:
+            ridge_factor[:] = fit_shrinkage(ridge, linear, reflectance, held).reshape(ridge_factor.shape)
     hide_rng = np.random.default_rng([seed, HIDE_STREAM])
 
     def draw_hidden() -> np.ndarray:
