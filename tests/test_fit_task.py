@@ -307,6 +307,21 @@ def test_fast_on_a_tiny_short_series_ends_at_or_above_its_guide(real_crop: TileA
     assert fit_error <= 1.001 * guide_error
 
 
+def test_the_ridge_guide_is_checked_per_regime_too(real_crop: TileArrays) -> None:
+    """With the ridge guide and ``shrink="regime"`` its correction is kept per regime and band only as
+    far as every held-out date allows: the tiny series still ends at or above linear interpolation."""
+    tiny = crop(real_crop, slice(0, 6), slice(3, 9))
+    config = FAST.replace(guide_model="ridge")
+    series, target, region, truth = painted(tiny, config)
+    result = fit(series, config)
+    assert result.ridge_shrinkage is not None and all(0.0 <= f <= 1.0 for f in result.ridge_shrinkage)
+    valid = trusted_clear(series.reflectance, series.mask, series.bands, config)[1]
+    linear = temporal_linear(np.nan_to_num(series.reflectance), valid, series.days)
+    fit_error = np.mean((result.prediction[target][:, region] - truth[target][:, region]) ** 2)
+    guide_error = np.mean((linear[target][:, region] - truth[target][:, region]) ** 2)
+    assert fit_error <= 1.001 * guide_error
+
+
 def test_feathered_output_has_a_lower_seam_than_the_hard_switch(real_crop: TileArrays) -> None:
     config = SMOKE.replace(passes=1, iterations_per_window=3)
     series, target, _, truth = painted(real_crop, config)
