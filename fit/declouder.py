@@ -59,6 +59,17 @@ RIDGE_PENALTY = 1e-2
 RIDGE_MAX_SAMPLES = 200_000
 #: Fewer visible samples than this (per feature) and the ridge guide stays the plain interpolation.
 RIDGE_MIN_SAMPLES_PER_FEATURE = 10
+#: Regimes of the guide for ``shrink="regime"``: it interpolates between visible observations on both
+#: sides of the date, or extrapolates from one side (the series' first and last dates, mostly), where
+#: its error is several times larger and a correction that helps there says nothing about the rest.
+GUIDE_REGIMES: tuple[str, ...] = ("interpolated", "extrapolated")
+#: Fewer held-out samples than this in a regime and its correction is not kept (factor 0: the guide):
+#: one 6×6 px date's worth; a factor fitted on fewer is chance.
+SHRINK_MIN_SAMPLES = 36
+#: ... and fewer held-out dates than this with that many samples each: a correction is kept only where
+#: it helps on at least two separate dates (on the 6×6 px suite tile one date's factor of ~1 cost 4.6 dB
+#: on the painted dates).
+SHRINK_MIN_DATES = 2
 
 
 @dataclass(frozen=True)
@@ -112,7 +123,8 @@ class DecloudResult:
     #: (y, x): the pixel has S2 data on at least one date. Elsewhere (outside the imagery's footprint)
     #: ``prediction`` is the network's extrapolation of nothing observed, and a stored result says no data.
     observed: np.ndarray | None = None
-    #: With ``shrink``: the factor each band's correction to the guide was scaled by (0 = the guide).
+    #: With ``shrink``: the factor each band's correction to the guide was scaled by (0 = the guide);
+    #: with ``shrink="regime"`` that of the interpolated regime, all of them in ``shrinkage_regimes``.
     shrinkage: tuple[float, ...] | None = None
     #: With ``guide_model="ridge"`` and ``shrink``: the factor each band's ridge correction was scaled by.
     ridge_shrinkage: tuple[float, ...] | None = None
@@ -125,6 +137,8 @@ class DecloudResult:
     sigma: np.ndarray | None = None
     #: The error model behind ``sigma`` (its kind, samples, per-band scales).
     error_model: ErrorModel | None = None
+    #: With ``shrink="regime"``: per regime (:data:`GUIDE_REGIMES`), each band's factor.
+    shrinkage_regimes: tuple[tuple[float, ...], ...] | None = None
 
     @property
     def final_loss(self) -> float:
@@ -180,6 +194,13 @@ def guide_gaps(clear: np.ndarray, days: np.ndarray) -> np.ndarray:
     """
     gaps = observation_gaps(clear, days, leave_one_out=True)
     return (1.0 - np.exp(-gaps / GAP_SCALE_DAYS)).astype(np.float32)
+
+
+def guide_regimes(visible: np.ndarray, days: np.ndarray) -> np.ndarray:
+    """(time, y, x): each sample's regime of the leave-one-out guide, an index into :data:`GUIDE_REGIMES`
+    (0: visible observations on both sides in time, 1: on one side only or none)."""
+    gaps = observation_gaps(visible, days, leave_one_out=True)
+    return (~np.isfinite(gaps).all(axis=1)).astype(np.int8)
 
 
 def s1_change(radar: np.ndarray, visible: np.ndarray, days: np.ndarray) -> np.ndarray:
@@ -412,21 +433,46 @@ class EarlyStop:
 
 
 def split_holdout(
-    clear: np.ndarray, fraction: float, seed: int, shapes: np.ndarray | None = None
+    clear: np.ndarray, fraction: float, seed: int, shapes: np.ndarray | None = None, dates: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
     """(pixels to learn from, held-out pixels): a random ``fraction`` of the clear ones, never learned.
 
     With ``shapes`` (the series' cloud shapes, :func:`cloud_shapes`), the held-out pixels are those
-    shapes painted onto clear dates (:func:`paint_shapes`) instead of single random pixels.
+    shapes painted onto clear dates (:func:`paint_shapes`) instead of single random pixels. ``dates``:
+    also hold out that many whole dates, drawn among the interior dates with the most trusted pixels
+    (:func:`holdout_whole_dates`).
     """
-    if fraction <= 0:
+    if fraction <= 0 and dates <= 0:
         return clear, np.zeros_like(clear)
     rng = np.random.default_rng([seed, HOLDOUT_STREAM])
-    if shapes is not None:
+    if fraction <= 0:
+        held = np.zeros_like(clear)
+    elif shapes is not None:
         held = paint_shapes(clear, shapes, fraction, rng)
     else:
         held = clear & (rng.random(clear.shape) < fraction)
+    if dates > 0:
+        held = held | holdout_whole_dates(clear, dates, rng)
     return clear & ~held, held
+
+
+#: Whole dates held out are drawn among the interior dates at least this clear (share of their pixels
+#: trusted), so that their truth is the surface and not haze the masks missed.
+HOLDOUT_DATE_MIN_CLEAR = 0.9
+
+
+def holdout_whole_dates(clear: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+    """(time, y, x): every trusted pixel of ``count`` dates drawn at random among the interior ones (not
+    the first or last: a fill there extrapolates) that are at least :data:`HOLDOUT_DATE_MIN_CLEAR` clear;
+    fewer where fewer qualify, and never so many that fewer than 3 clear dates are left to learn from."""
+    held = np.zeros_like(clear)
+    share = clear.mean(axis=(1, 2))
+    candidates = np.flatnonzero(share >= HOLDOUT_DATE_MIN_CLEAR)
+    candidates = candidates[(candidates > 0) & (candidates < clear.shape[0] - 1)]
+    count = min(count, len(candidates), max(0, int((share > 0).sum()) - 3))
+    if count > 0:
+        held[rng.choice(candidates, count, replace=False)] = True
+    return held & clear
 
 
 def _lr_factor(config: FitConfig, total: int) -> Callable[[int], float]:
@@ -484,13 +530,18 @@ def decloud(
     # The ridge guide's correction, per band, as far as it helps on the held-out pixels (all of it
     # without a hold-out); set below, once the held-out pixels are drawn.
     ridge_factor = np.ones((1, n_bands, 1, 1), dtype=np.float32)
+    # With shrink="regime": one factor per guide regime and band instead (set below).
+    ridge_regimes: np.ndarray | None = None
 
     def assemble(visible: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """The network's input and the guide when only ``visible`` samples are known."""
         guide = guide_series(reflectance, visible, days) if config.guide else None
         if guide is not None and config.guide_model == "ridge":
             ridge = ridge_guide(reflectance, guide, visible, radar, days, seed)
-            guide = (guide + ridge_factor * (ridge - guide)).astype(np.float32)
+            if ridge_regimes is None:
+                guide = (guide + ridge_factor * (ridge - guide)).astype(np.float32)
+            else:
+                guide = _apply_factors(guide, ridge, ridge_regimes, guide_regimes(visible, days))
         parts = [radar]
         if guide is not None and config.guide_gaps:
             parts.append(guide_gaps(visible, days))
@@ -501,13 +552,20 @@ def decloud(
     shapes = cloud_shapes(refined, clear)
     # Held-out pixels feed nothing the fit sees: not the loss, not the interpolation guide.
     learn, held = split_holdout(
-        clear, config.holdout_fraction, seed, shapes if config.holdout_shapes == "clouds" else None
+        clear,
+        config.holdout_fraction,
+        seed,
+        shapes if config.holdout_shapes == "clouds" else None,
+        config.holdout_dates,
     )
     if config.guide_model == "ridge" and config.shrink != "off" and held.any():
         linear = guide_series(reflectance, learn, days)
-        ridge_factor[:] = fit_shrinkage(
-            ridge_guide(reflectance, linear, learn, radar, days, seed), linear, reflectance, held
-        ).reshape(ridge_factor.shape)
+        ridge = ridge_guide(reflectance, linear, learn, radar, days, seed)
+        if config.shrink == "regime":
+            ridge_regimes = fit_regime_shrinkage(ridge, linear, reflectance, held, guide_regimes(learn, days))
+            ridge_factor[:] = ridge_regimes[0].reshape(ridge_factor.shape)
+        else:
+            ridge_factor[:] = fit_shrinkage(ridge, linear, reflectance, held).reshape(ridge_factor.shape)
     hide_rng = np.random.default_rng([seed, HIDE_STREAM])
 
     def draw_hidden() -> np.ndarray:
@@ -567,7 +625,9 @@ def decloud(
             inputs,
             s2,
             guide,
-            _Samples(clear, learn, held, hidden, assemble, draw_hidden, days),
+            _Samples(
+                clear, learn, held, hidden, assemble, draw_hidden, days, lambda v: guide_regimes(v, days)
+            ),
             plan,
             config,
             torch_device,
@@ -614,6 +674,7 @@ def decloud(
         holdout_fit_mse=fitted.holdout_fit_mse,
         sigma=sigma,
         error_model=fitted.error_model,
+        shrinkage_regimes=fitted.shrinkage_regimes,
     )
 
 
@@ -683,6 +744,7 @@ class _Fitted:
     #: σ of ``prediction`` before kept / feathered pixels (fit.uncertainty), and its model.
     sigma: np.ndarray | None = None
     error_model: ErrorModel | None = None
+    shrinkage_regimes: tuple[tuple[float, ...], ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -702,6 +764,8 @@ class _Samples:
     assemble: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]]
     draw_hidden: Callable[[], np.ndarray]
     days: np.ndarray
+    #: ``regimes(visible)``: each sample's guide regime when only ``visible`` samples are known.
+    regimes: Callable[[np.ndarray], np.ndarray] | None = None
 
 
 def fit_shrinkage(
@@ -714,6 +778,44 @@ def fit_shrinkage(
     power = (correction**2).sum(axis=0)
     factor = np.where(power > 0, (correction * residual).sum(axis=0) / np.where(power > 0, power, 1.0), 0.0)
     return np.clip(factor, 0.0, 1.0)
+
+
+def fit_regime_shrinkage(
+    prediction: np.ndarray,
+    guide: np.ndarray,
+    target: np.ndarray,
+    held: np.ndarray,
+    regimes: np.ndarray,
+    n_regimes: int = len(GUIDE_REGIMES),
+    min_samples: int = SHRINK_MIN_SAMPLES,
+    min_dates: int = SHRINK_MIN_DATES,
+) -> np.ndarray:
+    """(regime, band): per regime of the guide, the factor of :func:`fit_shrinkage` on its held-out
+    samples, capped by every held-out date's own best factor (dates with ``min_samples`` of them in
+    the regime): the correction never goes further than any of those dates wants, so none of them ends
+    worse than its guide. A regime with fewer than ``min_dates`` such dates keeps no correction (0)."""
+    factors = np.zeros((n_regimes, prediction.shape[1]))
+    for regime in range(n_regimes):
+        pick = held & (regimes == regime)
+        dates = np.flatnonzero(pick.sum(axis=(1, 2)) >= min_samples)
+        if len(dates) < min_dates:
+            continue
+        bound = np.ones(prediction.shape[1])
+        for date in dates:
+            one = np.zeros_like(pick)
+            one[date] = pick[date]
+            bound = np.minimum(bound, fit_shrinkage(prediction, guide, target, one))
+        factors[regime] = np.minimum(fit_shrinkage(prediction, guide, target, pick), bound)
+    return factors
+
+
+def _apply_factors(
+    guide: np.ndarray, raw: np.ndarray, factors: np.ndarray, regimes: np.ndarray | None
+) -> np.ndarray:
+    """guide + factor × (raw − guide), the factor per band (``factors`` (band,)) or per regime and band."""
+    # per regime: factors[regimes] is (time, y, x, band) -> (time, band, y, x)
+    scale = factors.reshape(1, -1, 1, 1) if regimes is None else np.moveaxis(factors[regimes], -1, 1)
+    return (guide + scale.astype(np.float32) * (raw - guide)).astype(np.float32)
 
 
 def _fit(
@@ -896,22 +998,31 @@ def _fit(
     shrinkage, guide_mse, fit_mse = None, float("nan"), float("nan")
     error_model: ErrorModel | None = None
     sigma: np.ndarray | None = None
+    by_regime: tuple[tuple[float, ...], ...] | None = None
     if config.shrink != "off" and guide is not None:
         # Never worse than the guide: the correction is kept per band only as far as it helps on the
         # held-out pixels, which no input, guide or loss has seen. Then the output's guide and input
         # use every trusted pixel (the held-out ones too: they are observations like any other).
         seen_guide = samples.assemble(learn)[1]
         assert seen_guide is not None  # shrink needs the guide (FitConfig checks it)
-        factor = fit_shrinkage(result, seen_guide, reflectance, held)
-        shrinkage = tuple(float(f) for f in factor)
-        checked = seen_guide + factor.reshape(1, -1, 1, 1) * (result - seen_guide)
+        seen_regimes = full_regimes = None
+        if config.shrink == "regime":
+            assert samples.regimes is not None  # decloud passes them
+            seen_regimes, full_regimes = samples.regimes(learn), samples.regimes(samples.clear)
+            factor = fit_regime_shrinkage(result, seen_guide, reflectance, held, seen_regimes)
+            by_regime = tuple(tuple(float(f) for f in row) for row in factor)
+            shrinkage = by_regime[0]
+        else:
+            factor = fit_shrinkage(result, seen_guide, reflectance, held)
+            shrinkage = tuple(float(f) for f in factor)
+        checked = _apply_factors(seen_guide, result, factor, seen_regimes)
         guide_mse = float(((seen_guide - reflectance) ** 2).transpose(0, 2, 3, 1)[held].mean())
         fit_mse = float(((checked - reflectance) ** 2).transpose(0, 2, 3, 1)[held].mean())
         del x_seen, offset_seen
         full_input, full_guide = samples.assemble(samples.clear)
         assert full_guide is not None
         raw = predict(*network_input(full_input, full_guide))
-        final = full_guide + factor.reshape(1, -1, 1, 1).astype(np.float32) * (raw - full_guide)
+        final = _apply_factors(full_guide, raw, factor, full_regimes)
         # The held-out samples' errors, made without them, model the output's (fit.uncertainty).
         error_model = fit_error_model(reflectance, checked, seen_guide, learn, held, samples.days, seed)
         sigma = (
@@ -941,6 +1052,7 @@ def _fit(
         holdout_fit_mse=fit_mse,
         sigma=sigma,
         error_model=error_model,
+        shrinkage_regimes=by_regime,
     )
 
 

@@ -15,12 +15,16 @@ from fit.declouder import (
     cloud_shapes,
     decloud,
     feather_weights,
+    fit_regime_shrinkage,
     fit_shrinkage,
     guide_gaps,
+    guide_regimes,
     guide_series,
+    holdout_whole_dates,
     paint_shapes,
     ridge_guide,
     s1_change,
+    split_holdout,
     trusted_clear,
 )
 from fit.errors import FitConfigError
@@ -97,7 +101,7 @@ def test_new_settings_are_off_by_default_and_bad_values_name_the_field() -> None
         0,
         "off",
     )
-    assert (plain.s1_change, plain.holdout_shapes) == (False, "pixels")
+    assert (plain.s1_change, plain.holdout_shapes, plain.holdout_dates) == (False, "pixels", 0)
     bad = {
         "hide_fraction": dict(guide=True, hide_fraction=0.7),
         "hide_fraction > 0 only with guide": dict(hide_fraction=0.2),
@@ -108,6 +112,7 @@ def test_new_settings_are_off_by_default_and_bad_values_name_the_field() -> None
         "holdout_shapes": dict(holdout_shapes="squares"),
         "shrink in": dict(guide=True, holdout_fraction=0.2, shrink="pixel"),
         "shrink needs guide and holdout_fraction": dict(guide=True, shrink="band"),
+        "holdout_dates >= 0": dict(holdout_dates=-1),
         "s1_change only with guide": dict(s1_change=True),
         "guide_model in": dict(guide=True, guide_model="mlp"),
         "guide_model ridge only with guide": dict(guide_model="ridge"),
@@ -229,6 +234,92 @@ def test_a_tiny_short_series_never_ends_worse_than_its_guide(real_crop: TileArra
     fit_error = np.mean((result.prediction[target][:, region] - truth[target][:, region]) ** 2)
     guide_error = np.mean((linear[target][:, region] - truth[target][:, region]) ** 2)
     assert fit_error <= 1.02 * guide_error
+
+
+def test_guide_regimes_mark_the_samples_the_guide_extrapolates() -> None:
+    visible = np.ones((5, 2, 2), bool)
+    visible[3, 0, 0] = visible[4, 0, 0] = False  # pixel (0, 0): nothing after date 2
+    regimes = guide_regimes(visible, np.arange(5.0) * 5)
+    # Leave-one-out: the first and last dates have one side only, whatever they show themselves.
+    assert (regimes[0] == 1).all() and (regimes[4] == 1).all()
+    assert (regimes[1:3, 1, 1] == 0).all() and regimes[3, 1, 1] == 0
+    assert regimes[3, 0, 0] == 1  # no visible date after it: extrapolated
+
+
+def test_whole_held_out_dates_are_clear_interior_dates(real_crop: TileArrays) -> None:
+    _, clear = trusted_clear(real_crop.reflectance, real_crop.mask, real_crop.bands, FAST)
+    share = clear.mean(axis=(1, 2))
+    for seed in range(5):
+        held = holdout_whole_dates(clear, 2, np.random.default_rng(seed))
+        dates = np.flatnonzero(held.any(axis=(1, 2)))
+        assert len(dates) == min(2, int(((share >= 0.9)[1:-1]).sum()))
+        assert 0 not in dates and len(clear) - 1 not in dates
+        assert all(np.array_equal(held[d], clear[d]) and share[d] >= 0.9 for d in dates)  # whole dates
+    # With shapes too, the dates come on top of the shapes, and nothing held out is learned.
+    learn, held = split_holdout(
+        clear,
+        0.1,
+        0,
+        cloud_shapes(*trusted_clear(real_crop.reflectance, real_crop.mask, real_crop.bands, FAST)),
+        dates=2,
+    )
+    assert not (learn & held).any() and np.array_equal(learn | held, clear)
+    assert sum(np.array_equal(held[d], clear[d]) and clear[d].any() for d in range(len(clear))) >= 2
+
+
+def test_regime_shrinkage_keeps_no_correction_that_hurts_a_held_out_date() -> None:
+    rng = np.random.default_rng(1)
+    target = rng.random((6, 2, 8, 8))
+    guide = target + 0.1 * rng.standard_normal(target.shape)
+    held = np.zeros((6, 8, 8), bool)
+    held[[1, 2, 3]] = True
+    regimes = np.zeros((6, 8, 8), np.int8)
+    # A perfect correction on dates 1 and 2, the wrong way on date 3: pooled it would still be kept.
+    prediction = target.copy()
+    prediction[3] = guide[3] - 0.3 * (target[3] - guide[3])
+    assert (fit_shrinkage(prediction, guide, target, held) > 0.5).all()
+    factors = fit_regime_shrinkage(prediction, guide, target, held, regimes)
+    np.testing.assert_allclose(factors[0], 0.0)
+    assert (factors[1] == 0.0).all()  # no held-out sample in the extrapolated regime
+    # Where it helps on every held-out date it is kept, up to the least any date wants.
+    prediction[3] = guide[3] + 0.5 * (target[3] - guide[3])
+    factors = fit_regime_shrinkage(prediction, guide, target, held, regimes)
+    assert (factors[0] > 0.9).all() and (factors[0] <= 1.0).all()
+    # One held-out date alone is chance: no correction.
+    single = np.zeros_like(held)
+    single[1] = True
+    np.testing.assert_allclose(fit_regime_shrinkage(target, guide, target, single, regimes), 0.0)
+
+
+def test_fast_on_a_tiny_short_series_ends_at_or_above_its_guide(real_crop: TileArrays) -> None:
+    """``fast`` as it is (regimes, whole held-out dates) on 6×6 px, 12 real dates: the painted pixels'
+    error is not above linear interpolation's (the suite's tiny tile lost 1.5–1.9 dB with band shrink)."""
+    tiny = crop(real_crop, slice(0, 6), slice(3, 9))
+    series, target, region, truth = painted(tiny, FAST)
+    result = fit(series, FAST)
+    assert result.shrinkage_regimes is not None and len(result.shrinkage_regimes) == 2
+    assert all(0.0 <= f <= 1.0 for row in result.shrinkage_regimes for f in row)
+    assert result.holdout_fit_mse <= result.holdout_guide_mse
+    valid = trusted_clear(series.reflectance, series.mask, series.bands, FAST)[1]
+    linear = temporal_linear(np.nan_to_num(series.reflectance), valid, series.days)
+    fit_error = np.mean((result.prediction[target][:, region] - truth[target][:, region]) ** 2)
+    guide_error = np.mean((linear[target][:, region] - truth[target][:, region]) ** 2)
+    assert fit_error <= 1.001 * guide_error
+
+
+def test_the_ridge_guide_is_checked_per_regime_too(real_crop: TileArrays) -> None:
+    """With the ridge guide and ``shrink="regime"`` its correction is kept per regime and band only as
+    far as every held-out date allows: the tiny series still ends at or above linear interpolation."""
+    tiny = crop(real_crop, slice(0, 6), slice(3, 9))
+    config = FAST.replace(guide_model="ridge")
+    series, target, region, truth = painted(tiny, config)
+    result = fit(series, config)
+    assert result.ridge_shrinkage is not None and all(0.0 <= f <= 1.0 for f in result.ridge_shrinkage)
+    valid = trusted_clear(series.reflectance, series.mask, series.bands, config)[1]
+    linear = temporal_linear(np.nan_to_num(series.reflectance), valid, series.days)
+    fit_error = np.mean((result.prediction[target][:, region] - truth[target][:, region]) ** 2)
+    guide_error = np.mean((linear[target][:, region] - truth[target][:, region]) ** 2)
+    assert fit_error <= 1.001 * guide_error
 
 
 def test_feathered_output_has_a_lower_seam_than_the_hard_switch(real_crop: TileArrays) -> None:
