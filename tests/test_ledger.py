@@ -195,31 +195,25 @@ def test_report_counts_each_tile_once_and_all_gpu_time() -> None:
         .record(_attempt(fit, 1, "error", error="cloudy", permanent=True, started=0, ended=2, gpu_share=0.5))
         .failed(fit, "cloudy", permanent=True)
     )
+    kwargs = _report_kwargs(["32631_c0001_r0001", "32631_c0002_r0001", "32631_c0003_r0001"])
     report = build_report(
-        name="t",
-        output="/o",
-        fingerprint="f",
-        run_id="r",
-        started=0,
-        ended=100,
-        interrupted=False,
-        planned=[("32631_c0001_r0001", 25.0), ("32631_c0002_r0001", 25.0), ("32631_c0003_r0001", 25.0)],
-        records=[done, failed],
-        runs=[
-            RunRecord(
-                run_id="r",
-                started=0,
-                ended=100,
-                interrupted=False,
-                fit_actors=2,
-                gpu_share=0.5,
-                gpu_seconds_held=100.0,
-                tiles_done=1,
-                tiles_failed=1,
-            )
-        ],
-        skipped=0,
-        fits_per_gpu=2,
+        **kwargs
+        | dict(
+            records=[done, failed],
+            runs=[
+                RunRecord(
+                    run_id="r",
+                    started=0,
+                    ended=100,
+                    interrupted=False,
+                    fit_actors=2,
+                    gpu_share=0.5,
+                    gpu_seconds_held=100.0,
+                    tiles_done=1,
+                    tiles_failed=1,
+                )
+            ],
+        )
     )
     assert (report.tiles_done, report.tiles_failed, report.tiles_pending) == (1, 1, 1)
     assert report.km2_done == 25.0 and report.km2_planned == 75.0
