@@ -10,10 +10,12 @@ import datetime as dt
 import json
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import pystac
@@ -21,7 +23,7 @@ import pystac
 from ingest.catalogs import PLANETARY_COMPUTER, CatalogProfile, check_profile, detect_profile
 from ingest.config import IngestConfig, TileTarget, lonlat_bounds, validate_target
 from ingest.errors import NoS2ItemsError
-from ingest.load import Grid, Retry, load_s1_passes, load_s2_days
+from ingest.load import Grid, Retry, S2Stack, load_s1_passes, load_s2_days
 from ingest.masks import SCL_SNOW, dilate, fallback_mask, refine_bright, scl_to_mask
 from ingest.pairing import Pairing, S1Acquisition, group_acquisitions, pair_s1, solar_day
 from ingest.search import ItemSource, item_time, open_source
@@ -144,7 +146,7 @@ def ingest_tile(
     unset. Raises :class:`NoS2ItemsError` (nothing written) when no S2 date has data over the tile.
     """
     started = time.perf_counter()
-    notify = progress or (lambda event: None)
+    notify = _serialized(progress)
     _refuse_early(tile, out_url, storage_options, overwrite)
     report = _Report()
     grid = Grid.of(tile)
@@ -164,10 +166,18 @@ def ingest_tile(
 
     profile, days = _search_s2(tile, s2_source, bbox, longitude, config, report, notify)
     s1_profile, s1_collection, acquisitions = _search_s1(s1_source, bbox, longitude, config, report, notify)
-    days, s2, mask = _read_s2(tile, days, grid, profile, config, reads, report, notify)
+    days, stack = _read_s2(tile, days, grid, profile, config, reads, report, notify)
     times = np.array([_day_time(day) for day in days], dtype="datetime64[ns]")
     pairing = pair_s1(times, acquisitions, window_days=config.s1_window_days, orbit=config.s1_orbit)
-    s1, pairing = _read_s1(pairing, acquisitions, grid, s1_profile, config, report, notify, reads)
+    # S1 is read (its own reader threads) while the masks are computed here: neither needs the other.
+    with ThreadPoolExecutor(max_workers=1) as s1_reader:
+        s1_future = s1_reader.submit(
+            _read_s1, pairing, acquisitions, grid, s1_profile, config, report, notify, reads
+        )
+        mask = _masks(stack, config)
+        notify(ProgressEvent("masks", 1, 1, f"{len(days)} dates"))
+        s1, pairing = s1_future.result()
+    s2 = stack.reflectance
     _warn_without_s1(tile, pairing, acquisitions, s1_source, s1_collection, config, report)
 
     notify(ProgressEvent("write", 0, 1, out_url))
@@ -198,6 +208,20 @@ def ingest_tile(
         warnings=tuple(report.warnings),
         seconds=time.perf_counter() - started,
     )
+
+
+def _serialized(progress: ProgressCallback | None) -> ProgressCallback:
+    """``progress`` behind a lock: the S1 step reports from its reader thread while the masks run, and
+    callbacks never run two at a time."""
+    if progress is None:
+        return lambda event: None
+    lock = threading.Lock()
+
+    def notify(event: ProgressEvent) -> None:
+        with lock:
+            progress(event)
+
+    return notify
 
 
 def _refuse_early(
@@ -274,9 +298,9 @@ def _read_s2(
     reads: Retry,
     report: _Report,
     notify: ProgressCallback,
-) -> tuple[list[list[pystac.Item]], np.ndarray, np.ndarray]:
-    """Read the days (mosaicked, offset removed); drop days without data over the tile; mask the rest."""
-    s2_days = load_s2_days(
+) -> tuple[list[list[pystac.Item]], S2Stack]:
+    """Read the days (mosaicked, offset removed); drop days without data over the tile."""
+    stack = load_s2_days(
         days,
         grid,
         config.bands,
@@ -286,20 +310,24 @@ def _read_s2(
         retry=reads,
         on_batch=lambda done, total: notify(ProgressEvent("s2", done, total, f"{len(days)} dates")),
     )
-    # A pixel has data when every band is > 0, i.e. its smallest band is (uint16: nonzero).
-    keep = [k for k, d in enumerate(s2_days) if d.reflectance.min(axis=0).any()]
-    for k in sorted(set(range(len(days))) - set(keep)):
+    has_data = stack.valid.any(axis=(1, 2))
+    for k in np.flatnonzero(~has_data):
         for item in days[k]:
             report.skip(item, "no valid pixel over the tile (its footprint misses the tile)")
-    if not keep:
+    if not has_data.any():
         raise NoS2ItemsError(
             f"tile {tile.tile_id!r}: {sum(map(len, days))} S2 items were found but none has valid pixels "
             "over the tile; check the bounds and their EPSG (nothing was written)"
         )
-    s2 = np.stack([s2_days[k].reflectance for k in keep])
-    mask = _masks(s2, [s2_days[k].scl for k in keep], config)
-    notify(ProgressEvent("masks", 1, 1, f"{len(keep)} dates"))
-    return [days[k] for k in keep], s2, mask
+    if has_data.all():  # the usual case: no copy
+        return days, stack
+    keep = np.flatnonzero(has_data)
+    kept = S2Stack(
+        reflectance=stack.reflectance[keep],
+        scl=None if stack.scl is None else stack.scl[keep],
+        valid=stack.valid[keep],
+    )
+    return [days[k] for k in keep], kept
 
 
 def _warn_without_s1(
@@ -375,22 +403,18 @@ def _day_time(day: Sequence[pystac.Item]) -> np.datetime64:
     return np.datetime64(min(item_time(i) for i in day).replace(tzinfo=None), "ns")
 
 
-def _masks(s2: np.ndarray, scl: Sequence[np.ndarray | None], config: IngestConfig) -> np.ndarray:
-    valid = cast(np.ndarray, s2.min(axis=1) > 0)  # every band > 0 (uint16); one pass, no bool temporary
+def _masks(stack: S2Stack, config: IngestConfig) -> np.ndarray:
+    """The (time, y, x) mask of the stack (its reflectance is already 0 where ``valid`` is False)."""
     snow = None
-    if config.cloud_mask == "scl":
-        scl_stack = np.stack([np.asarray(s) for s in scl])
-        mask = scl_to_mask(scl_stack)
-        snow = scl_stack == SCL_SNOW
+    if config.cloud_mask == "scl" and stack.scl is not None:
+        mask = scl_to_mask(stack.scl)
+        snow = stack.scl == SCL_SNOW
     else:
-        mask = fallback_mask(s2, config.bands)
-    mask[~valid] = MaskClass.NODATA
+        mask = fallback_mask(stack.reflectance, config.bands)
+    mask[~stack.valid] = MaskClass.NODATA
     if config.refine_bright:
-        mask = refine_bright(mask, s2, config.bands, snow=snow)
-    mask = dilate(mask, config.mask_dilation_px)
-    # Pixels without a complete set of bands carry no data in any band.
-    np.multiply(s2, valid[:, None], out=s2)
-    return mask
+        mask = refine_bright(mask, stack.reflectance, config.bands, snow=snow)
+    return dilate(mask, config.mask_dilation_px)
 
 
 def _read_s1(

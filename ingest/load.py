@@ -188,7 +188,10 @@ def _read_aligned(
             data = src.read(1, window=Window(c0, r0, c1 - c0, r1 - r0))
         if src.nodata is not None and not _is_nodata_fill(src.nodata, fill_value):
             missing = np.isnan(data) if np.isnan(src.nodata) else data == src.nodata
-            data = np.where(missing, fill_value, data).astype(out.dtype, copy=False)
+            if data.dtype == out.dtype:
+                data[missing] = fill_value  # a fresh array of the read: no copy needed
+            else:
+                data = np.where(missing, fill_value, data).astype(out.dtype, copy=False)
         if factor > 1:
             data = data.repeat(factor, axis=0).repeat(factor, axis=1)
         dy, dx = off_y - r0 * factor, off_x - c0 * factor
@@ -198,6 +201,48 @@ def _read_aligned(
 def _is_remote(href: str) -> bool:
     """Whether ``href`` is fetched over a network (http(s), s3, gs, az, /vsicurl/ ...), not a local file."""
     return ("://" in href and not href.startswith("file://")) or href.startswith("/vsi")
+
+
+@dataclass(frozen=True)
+class AssetRead:
+    """One asset of one item to read onto the grid into ``out`` (a (y, x) view, e.g. one band of one
+    date of the tile's final array), then ``finish(out)`` in place, in the reader thread (BOA offset,
+    dB), while other reads go on."""
+
+    item: pystac.Item
+    key: str
+    out: np.ndarray
+    resampling: str
+    finish: Callable[[np.ndarray], None] | None = None
+
+    @property
+    def href(self) -> str:
+        return str(self.item.assets[self.key].href)
+
+
+def _read_all(
+    reads: Sequence[AssetRead], grid: Grid, *, fill_value: float | int | np.floating[Any], env: Any
+) -> bool:
+    """Every read by a windowed read straight into its ``out``, READ_THREADS at a time
+    (LOCAL_READ_THREADS for local files); False if any asset is not aligned with the grid."""
+
+    def one(r: AssetRead) -> None:
+        try:
+            _read_aligned(r.href, grid, r.out, fill_value=fill_value, resampling=r.resampling, env=env)
+        except (RuntimeError, OSError) as err:  # name the file: AssetReadError maps it to its item
+            raise OSError(f"reading '{r.href}': {err}") from err
+        if r.finish is not None:
+            r.finish(r.out)
+
+    remote = any(_is_remote(r.href) for r in reads)
+    threads = READ_THREADS if remote else LOCAL_READ_THREADS
+    env = env if remote else local_gdal_env()
+    with ThreadPoolExecutor(max_workers=min(threads, len(reads) or 1)) as pool:
+        try:
+            list(pool.map(one, reads))
+        except _NotAlignedError:
+            return False
+    return True
 
 
 def _read_direct(
@@ -210,27 +255,55 @@ def _read_direct(
     resampling: str,
     env: Any,
 ) -> np.ndarray | None:
-    """(item, asset, y, x) by windowed reads, READ_THREADS at a time (LOCAL_READ_THREADS for local
-    files); None if any asset is not aligned."""
+    """(item, asset, y, x) by windowed reads; None if any asset is not aligned."""
     out = np.empty((len(items), len(assets), *grid.shape), dtype=dtype)
+    reads = [
+        AssetRead(item, key, out[k, a], resampling)
+        for k, item in enumerate(items)
+        for a, key in enumerate(assets)
+    ]
+    return out if _read_all(reads, grid, fill_value=fill_value, env=env) else None
 
-    def one(k: int, a: int) -> None:
-        href = items[k].assets[assets[a]].href
-        try:
-            _read_aligned(href, grid, out[k, a], fill_value=fill_value, resampling=resampling, env=env)
-        except (RuntimeError, OSError) as err:  # name the file: AssetReadError maps it to its item
-            raise OSError(f"reading '{href}': {err}") from err
 
-    jobs = [(k, a) for k in range(len(items)) for a in range(len(assets))]
-    remote = any(_is_remote(items[k].assets[assets[a]].href) for k, a in jobs)
-    threads = READ_THREADS if remote else LOCAL_READ_THREADS
-    env = env if remote else local_gdal_env()
-    with ThreadPoolExecutor(max_workers=min(threads, len(jobs) or 1)) as pool:
+def read_into(
+    reads: Sequence[AssetRead], grid: Grid, *, fill_value: float | int | np.floating[Any], retry: Retry
+) -> None:
+    """Every read into its ``out``: directly (windowed reads at native resolution, replicated) when every
+    asset is aligned with the grid, else all of them through stackstac's warped reads (one computation
+    per resampling method). A failed read is retried with exponential back-off; after the last retry,
+    :class:`AssetReadError` names the asset and item."""
+    items = list({id(r.item): r.item for r in reads}.values())
+    env = gdal_env(retry.retries, retry.backoff_s)
+    attempt = 0
+    while True:
         try:
-            list(pool.map(lambda job: one(*job), jobs))
-        except _NotAlignedError:
-            return None
-    return out
+            if _read_all(reads, grid, fill_value=fill_value, env=env):
+                return
+            break
+        except (RuntimeError, OSError) as err:
+            if attempt >= retry.retries:
+                raise _read_error(err, items, retry) from err
+            _back_off(err, attempt, retry)
+            attempt += 1
+    for resampling in dict.fromkeys(r.resampling for r in reads):
+        group = [r for r in reads if r.resampling == resampling]
+        group_items = list({id(r.item): r.item for r in group}.values())
+        row = {id(item): k for k, item in enumerate(group_items)}
+        keys = list(dict.fromkeys(r.key for r in group))
+        dtype = np.result_type(*{r.out.dtype for r in group})  # SCL (uint8) read with uint16 bands
+        data = _read_stackstac(
+            group_items,
+            keys,
+            grid,
+            dtype=dtype,
+            fill_value=dtype.type(fill_value),  # stackstac wants the fill value in the output's type
+            resampling=resampling,
+            retry=retry,
+        )
+        for r in group:
+            r.out[...] = data[row[id(r.item)], keys.index(r.key)]
+            if r.finish is not None:
+                r.finish(r.out)
 
 
 def read(
@@ -243,30 +316,15 @@ def read(
     resampling: str,
     retry: Retry,
 ) -> np.ndarray:
-    """(item, asset, y, x) array of ``assets`` of ``items`` on ``grid``.
-
-    Assets aligned with the grid are read directly (windowed reads at native resolution, replicated);
-    otherwise the whole call goes through stackstac. A failed read is retried with exponential back-off;
-    after the last retry, :class:`AssetReadError` names the asset and item.
-    """
-    env = gdal_env(retry.retries, retry.backoff_s)
-    attempt = 0
-    while True:
-        try:
-            direct = _read_direct(
-                items, assets, grid, dtype=dtype, fill_value=fill_value, resampling=resampling, env=env
-            )
-        except (RuntimeError, OSError) as err:
-            if attempt >= retry.retries:
-                raise _read_error(err, items, retry) from err
-            _back_off(err, attempt, retry)
-            attempt += 1
-            continue
-        if direct is not None:
-            return direct
-        return _read_stackstac(
-            items, assets, grid, dtype=dtype, fill_value=fill_value, resampling=resampling, retry=retry
-        )
+    """(item, asset, y, x) array of ``assets`` of ``items`` on ``grid`` (see :func:`read_into`)."""
+    out = np.empty((len(items), len(assets), *grid.shape), dtype=dtype)
+    reads = [
+        AssetRead(item, key, out[k, a], resampling)
+        for k, item in enumerate(items)
+        for a, key in enumerate(assets)
+    ]
+    read_into(reads, grid, fill_value=fill_value, retry=retry)
+    return out
 
 
 def _read_error(err: Exception, items: Sequence[pystac.Item], retry: Retry) -> AssetReadError:
@@ -351,19 +409,27 @@ def remove_boa_offset(dn: np.ndarray, offset: int) -> np.ndarray:
     Baseline >= 04.00 lets dark surfaces (water) go below an offset DN of 1000, i.e. to a negative
     reflectance; the schema's uint16 has no room for that, so they become the smallest valid value.
     """
+    out = np.array(dn, dtype=np.uint16)
+    remove_boa_offset_inplace(out, offset)
+    return out
+
+
+def remove_boa_offset_inplace(dn: np.ndarray, offset: int) -> None:
+    """:func:`remove_boa_offset` on a uint16 array in place (no int32 copy of the band)."""
     if offset == 0:
-        return dn
-    valid = dn > 0
-    out = np.where(valid, np.maximum(dn.astype(np.int32) - offset, 1), 0)
-    return out.astype(np.uint16)
+        return
+    dark = (dn > 0) & (dn <= offset)  # valid pixels the offset takes to <= 0: they become 1
+    np.subtract(dn, np.uint16(offset), out=dn, where=dn > offset)
+    dn[dark] = 1
 
 
 @dataclass(frozen=True)
-class S2Day:
-    """One mosaicked S2 date on the grid."""
+class S2Stack:
+    """The S2 days on the grid, one array per variable (no per-date copies)."""
 
-    reflectance: np.ndarray  # (band, y, x) uint16, offset removed, 0 = no data
-    scl: np.ndarray | None  # (y, x) uint8, 0 = no data
+    reflectance: np.ndarray  # (date, band, y, x) uint16, offset removed, 0 in every band where any is 0
+    scl: np.ndarray | None  # (date, y, x) uint8, 0 = no data
+    valid: np.ndarray  # (date, y, x) bool: every band has data
 
 
 def _batches(groups: Sequence[Sequence[pystac.Item]], per_batch: int) -> list[list[int]]:
@@ -379,6 +445,12 @@ def _batches(groups: Sequence[Sequence[pystac.Item]], per_batch: int) -> list[li
     return batches
 
 
+def _offset_remover(offset: int) -> Callable[[np.ndarray], None] | None:
+    if offset == 0:
+        return None
+    return lambda dn: remove_boa_offset_inplace(dn, offset)
+
+
 def load_s2_days(
     days: Sequence[Sequence[pystac.Item]],
     grid: Grid,
@@ -389,59 +461,71 @@ def load_s2_days(
     resampling: str,
     retry: Retry,
     on_batch: Callable[[int, int], None] | None = None,
-) -> list[S2Day]:
-    """Read and mosaic S2 days (each a list of items of one date, preferred first).
+) -> S2Stack:
+    """Read and mosaic S2 days (each a list of items of one date, preferred first) into one stack.
 
-    Items are read in batches of whole days (READ_BATCH_ITEMS items at most), each batch one dask
-    computation over all its assets, so reads run in parallel across dates, not only across bands.
+    Items are read in batches of whole days (READ_BATCH_ITEMS items at most), all assets of a batch
+    at once, so reads run in parallel across dates, not only across bands. A day of one item (the usual
+    case) is read straight into its place in the stack, its BOA offset removed in place by the reader
+    thread; a day of several items goes through a scratch stack and is mosaicked into place. Pixels
+    missing any band are set to 0 in every band.
     """
     keys = [profile.band_asset(b) for b in bands]
     scl_key = profile.scl_asset if with_scl else None
-    uint16 = {"dtype": np.dtype("uint16"), "fill_value": np.uint16(0), "retry": retry}
-    # SCL is a class map: read with nearest always, in the same stack when the bands use nearest too.
-    scl_apart = scl_key is not None and resampling != "nearest"
-    if scl_key is not None and not scl_apart:
-        keys = [*keys, scl_key]
-    out: list[S2Day] = []
+    shape = grid.shape
+    reflectance = np.empty((len(days), len(keys), *shape), dtype=np.uint16)
+    scl = np.empty((len(days), *shape), dtype=np.uint8) if scl_key is not None else None
+    valid = np.empty((len(days), *shape), dtype=bool)
     batches = _batches(days, READ_BATCH_ITEMS)
     for b, batch in enumerate(batches):
-        items = [item for k in batch for item in days[k]]
-        data = read(items, keys, grid, resampling=resampling, **uint16)  # type: ignore[arg-type]
-        scl_data = None
-        if scl_apart:
-            scl_data = read(items, [scl_key], grid, resampling="nearest", **uint16)  # type: ignore[arg-type, list-item]
-        elif scl_key is not None:
-            data, scl_data = data[:, :-1], data[:, -1:]
-        first = 0
+        scratch: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
+        reads: list[AssetRead] = []
         for k in batch:
             n = len(days[k])
-            offsets = [profile.boa_offset(item)[0] for item in days[k]]
-            scl = None
-            if n == 1:  # one item that day (the usual case): nothing to mosaic
-                reflectance = remove_boa_offset(data[first], offsets[0])
-                if scl_data is not None:
-                    scl = scl_data[first, 0].astype(np.uint8)
-            else:
-                refl = np.stack([remove_boa_offset(data[first + i], offsets[i]) for i in range(n)])
+            if n > 1:
+                scratch[k] = (
+                    np.empty((n, len(keys), *shape), dtype=np.uint16),
+                    np.empty((n, *shape), dtype=np.uint8) if scl is not None else None,
+                )
+            for i, item in enumerate(days[k]):
+                refl_out, scl_out = (reflectance[k], None if scl is None else scl[k])
+                if n > 1:
+                    refl_out, scl_out = scratch[k][0][i], (None if scl is None else scratch[k][1][i])  # type: ignore[index]
+                finish = _offset_remover(profile.boa_offset(item)[0])
+                reads += [AssetRead(item, key, refl_out[a], resampling, finish) for a, key in enumerate(keys)]
+                if scl_key is not None and scl_out is not None:
+                    # SCL is a class map: always nearest (the bands may use another method).
+                    reads.append(AssetRead(item, scl_key, scl_out, "nearest"))
+        read_into(reads, grid, fill_value=0, retry=retry)
+        for k in batch:
+            if k in scratch:
+                refl_items, scl_items = scratch[k]
                 # ``all`` over an array axis is an array; numpy's stubs also allow a bare bool.
-                valid = cast(np.ndarray, (refl > 0).all(axis=1))
-                if scl_data is not None:
-                    scl = first_valid(scl_data[first : first + n], valid)[0].astype(np.uint8)
-                reflectance = first_valid(refl, valid)
-            out.append(S2Day(reflectance=reflectance, scl=scl))
-            first += n
+                item_valid = cast(np.ndarray, (refl_items > 0).all(axis=1))
+                reflectance[k] = first_valid(refl_items, item_valid)
+                if scl is not None and scl_items is not None:
+                    scl[k] = first_valid(scl_items[:, None], item_valid)[0]
+            # A pixel has data when every band is > 0, i.e. its smallest band is (uint16: nonzero).
+            np.greater(reflectance[k].min(axis=0), 0, out=valid[k])
+            np.multiply(reflectance[k], valid[k], out=reflectance[k])
         if on_batch is not None:
             on_batch(b + 1, len(batches))
-    return out
+    return S2Stack(reflectance=reflectance, scl=scl, valid=valid)
 
 
 def to_db(linear: np.ndarray) -> np.ndarray:
     """Backscatter power to dB; non-positive values (no signal, fill) become NaN."""
-    positive = linear > 0
-    db = np.full(linear.shape, np.nan, dtype=np.float32)
-    np.log10(linear, out=db, where=positive)
-    db[positive] *= 10.0
+    db = np.array(linear, dtype=np.float32)
+    to_db_inplace(db)
     return db
+
+
+def to_db_inplace(values: np.ndarray) -> None:
+    """:func:`to_db` on a float32 array in place."""
+    positive = values > 0
+    np.log10(values, out=values, where=positive)
+    values *= np.float32(10.0)
+    values[~positive] = np.nan
 
 
 def load_s1_passes(
@@ -453,29 +537,36 @@ def load_s1_passes(
     retry: Retry,
     on_batch: Callable[[int, int], None] | None = None,
 ) -> list[np.ndarray]:
-    """(polarization, y, x) float32 dB of each S1 pass, its slices mosaicked (first valid)."""
+    """(polarization, y, x) float32 dB of each S1 pass, its slices mosaicked (first valid).
+
+    Converted to dB (or the profile's nodata to NaN) in place by the reader threads.
+    """
     keys = [profile.s1_assets[p] for p in POLARIZATIONS]
+    nodata = profile.s1_nodata
+
+    def to_nan(values: np.ndarray) -> None:
+        values[values == nodata] = np.nan
+
+    finish = to_db_inplace if profile.s1_linear else to_nan
     out: list[np.ndarray] = []
     batches = _batches(passes, READ_BATCH_ITEMS)
     for b, batch in enumerate(batches):
         items = [item for k in batch for item in passes[k]]
-        data = read(
-            items,
-            keys,
-            grid,
-            dtype=np.dtype("float32"),
-            fill_value=np.float32(np.nan),
-            resampling=resampling,
-            retry=retry,
-        )
-        if profile.s1_linear:
-            data = to_db(data)
-        else:
-            data = np.where(data == profile.s1_nodata, np.nan, data).astype(np.float32)
+        data = np.empty((len(items), len(keys), *grid.shape), dtype=np.float32)
+        reads = [
+            AssetRead(item, key, data[i, a], resampling, finish)
+            for i, item in enumerate(items)
+            for a, key in enumerate(keys)
+        ]
+        read_into(reads, grid, fill_value=np.float32(np.nan), retry=retry)
         first = 0
         for k in batch:
             part = data[first : first + len(passes[k])]
-            out.append(first_valid(part, np.isfinite(part).all(axis=1)))
+            out.append(
+                part[0]
+                if len(part) == 1
+                else first_valid(part, cast(np.ndarray, np.isfinite(part).all(axis=1)))
+            )
             first += len(passes[k])
         if on_batch is not None:
             on_batch(b + 1, len(batches))

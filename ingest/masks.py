@@ -53,31 +53,68 @@ SHADOW_BLUE_FRACTION = 5 / 6
 SHADOW_MEDIAN_PX = 5
 
 
+#: SCL class -> mask class as a lookup table over every uint8 value (classes not listed are clear): one
+#: table lookup instead of one comparison pass per class.
+_SCL_LUT = np.full(256, MaskClass.CLEAR, dtype=np.uint8)
+for _scl_class, _mask_class in SCL_TO_MASK.items():
+    _SCL_LUT[_scl_class] = _mask_class
+
+
 def scl_to_mask(scl: np.ndarray) -> np.ndarray:
     """Map SCL classes to mask classes (everything else, snow included, is clear)."""
+    if scl.dtype == np.uint8:
+        return _SCL_LUT[scl]
     mask = np.full(scl.shape, MaskClass.CLEAR, dtype=np.uint8)
     for scl_class, mask_class in SCL_TO_MASK.items():
         mask[scl == scl_class] = mask_class
     return mask
 
 
+#: Rank of each mask class when growing (index: MaskClass): cloud outranks shadow, clear and no data
+#: grow nothing.
+_GROW_RANK = np.array([0, 2, 1, 0], dtype=np.uint8)
+#: Class after growth, indexed by (own class, highest rank within reach): clear takes shadow or cloud,
+#: shadow takes cloud, cloud and no data stay.
+_GROWN = np.array(
+    [
+        [MaskClass.CLEAR, MaskClass.SHADOW, MaskClass.CLOUD],
+        [MaskClass.CLOUD, MaskClass.CLOUD, MaskClass.CLOUD],
+        [MaskClass.SHADOW, MaskClass.SHADOW, MaskClass.CLOUD],
+        [MaskClass.NODATA, MaskClass.NODATA, MaskClass.NODATA],
+    ],
+    dtype=np.uint8,
+)
+
+
+def _square_max(values: np.ndarray, px: int) -> np.ndarray:
+    """Maximum over the (2 px + 1)² square around each pixel of the last two axes (outside counts 0).
+
+    Separable: ``px`` shifted maxima each way along x, then along y; on uint8 ~20× faster than
+    ``ndimage.maximum_filter`` on a 30-date tile.
+    """
+    rows = values.copy()
+    for s in range(1, px + 1):
+        np.maximum(rows[..., s:], values[..., :-s], out=rows[..., s:])
+        np.maximum(rows[..., :-s], values[..., s:], out=rows[..., :-s])
+    out = rows.copy()
+    for s in range(1, px + 1):
+        np.maximum(out[..., s:, :], rows[..., :-s, :], out=out[..., s:, :])
+        np.maximum(out[..., :-s, :], rows[..., s:, :], out=out[..., :-s, :])
+    return out
+
+
 def dilate(mask: np.ndarray, px: int) -> np.ndarray:
     """Grow cloud and shadow by ``px`` pixels (square neighbourhood) into clear pixels, per date.
 
-    Cloud wins over shadow where both grow; no-data is never overwritten.
+    Cloud wins over shadow where both grow; no-data is never overwritten. ``px`` dilations by a 3×3
+    square are one maximum over a (2 px + 1)² square: the highest class rank within reach (cloud over
+    shadow) decides each pixel's new class in one table lookup.
     """
     if px == 0:
         return mask.copy()
-    # ``px`` dilations by a 3×3 square are one maximum filter over a (2 px + 1)² square: the same pixels,
-    # ~2.5× faster than ndimage.binary_dilation's iterations (separable, one pass).
-    square = (2 * px + 1, 2 * px + 1)
-    size: tuple[int, ...] = (1, *square) if mask.ndim == 3 else square
-    out = mask.copy()
-    for cls in (MaskClass.SHADOW, MaskClass.CLOUD):
-        grown = ndimage.maximum_filter((mask == cls).view(np.uint8), size=size, mode="constant", cval=0) > 0
-        target = (out == MaskClass.CLEAR) | ((out == MaskClass.SHADOW) & (cls == MaskClass.CLOUD))
-        out[grown & target] = cls
-    return out
+    index = _square_max(_GROW_RANK[mask], px)  # highest rank within reach, 0..2
+    index += mask * np.uint8(_GROWN.shape[1])  # row of the own class: one flat table lookup
+    return _GROWN.ravel()[index]
 
 
 def refine_bright(

@@ -28,6 +28,7 @@ from ingest import (
     IngestConfigError,
     IngestSummary,
     NoS2ItemsError,
+    ProgressEvent,
     ingest_tile,
 )
 from ingest.catalogs import PLANETARY_COMPUTER
@@ -274,6 +275,66 @@ def test_same_day_granules_become_one_date(
     assert set(summary.dates[k].items) == {"T31UES_north", "T31UFS_south"}
     for var in ("s2", "mask", "s1"):
         np.testing.assert_array_equal(ds[var].values, whole[var].values)
+
+
+def test_a_date_without_data_over_the_tile_is_dropped_with_its_reason(
+    stac_api: str, tmp_path: Path, api_tile: tuple[IngestSummary, xr.Dataset]
+) -> None:
+    _, whole = api_tile
+    k = 4
+    empty = _write_cogs(SITE.s2[k], tmp_path, "T31UES_empty", lambda name, data: np.zeros_like(data))
+    s2, s1 = sample_items()
+    items = [*s2[:k], *_items([empty], tmp_path), *s2[k + 1 :], *s1]
+    with serve_items(items, tmp_path / "api") as url:
+        summary = ingest_tile(TILE, str(tmp_path / "t.zarr"), config(catalog=url))
+    ds = load(tmp_path / "t.zarr")
+    assert [(s.item_id, s.reason) for s in summary.skipped] == [
+        ("T31UES_empty", "no valid pixel over the tile (its footprint misses the tile)")
+    ]
+    kept = np.delete(np.arange(len(S2_TIMES)), k)
+    np.testing.assert_array_equal(ds["time"].values, S2_TIMES[kept])
+    for var in ("s2", "mask", "s1", "s1_time"):
+        np.testing.assert_array_equal(ds[var].values, whole[var].values[kept])
+
+
+def test_bilinear_bands_go_through_the_warper_and_scl_stays_nearest(
+    stac_api: str, tmp_path: Path, api_tile: tuple[IngestSummary, xr.Dataset]
+) -> None:
+    """20 m bands resampled bilinearly make the S2 reads go through stackstac; SCL (a class map) is still
+    read with nearest, so the mask is the nearest one; 10 m bands keep their values."""
+    _, nearest = api_tile
+    ingest_tile(TILE, str(tmp_path / "t.zarr"), config(catalog=stac_api, resampling="bilinear"))
+    ds = load(tmp_path / "t.zarr")
+    np.testing.assert_array_equal(ds["mask"].values, nearest["mask"].values)
+    ten_m = [b for b in SITE.bands if b in ("B02", "B03", "B04", "B08")]
+    np.testing.assert_array_equal(ds["s2"].sel(band=ten_m).values, nearest["s2"].sel(band=ten_m).values)
+    assert (ds["s2"].sel(band="B05").values != nearest["s2"].sel(band="B05").values).mean() > 0.3
+
+
+def test_progress_reports_every_step_one_event_at_a_time(stac_api: str, tmp_path: Path) -> None:
+    """S1 is read while the masks are computed; its events come from the reader thread, but callbacks
+    never run two at a time, and every step ends with done == total."""
+    import threading
+    import time
+
+    events: list[ProgressEvent] = []
+    running = threading.Event()
+    overlaps = 0
+
+    def progress(event: ProgressEvent) -> None:
+        nonlocal overlaps
+        if running.is_set():
+            overlaps += 1
+        running.set()
+        time.sleep(0.005)  # long enough for a concurrent call to be seen
+        events.append(event)
+        running.clear()
+
+    ingest_tile(TILE, str(tmp_path / "t.zarr"), config(catalog=stac_api), progress=progress)
+    assert overlaps == 0
+    last = {e.step: e for e in events}
+    assert set(last) == {"search", "s2", "masks", "s1", "write"}
+    assert all(e.done == e.total for e in last.values())
 
 
 @dataclass(frozen=True)

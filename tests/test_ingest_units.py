@@ -22,8 +22,8 @@ from ingest.catalogs import (
 )
 from ingest.config import IngestConfig, TileBox, lonlat_bounds
 from ingest.errors import CatalogError, CatalogMismatchError, IngestConfigError
-from ingest.load import first_valid, remove_boa_offset, to_db
-from ingest.masks import clear_median, dilate, fallback_mask, refine_bright, scl_to_mask
+from ingest.load import first_valid, remove_boa_offset, remove_boa_offset_inplace, to_db
+from ingest.masks import SCL_TO_MASK, clear_median, dilate, fallback_mask, refine_bright, scl_to_mask
 from ingest.pairing import group_acquisitions, pair_s1
 from ingest.sample import SAMPLE_DIR, build_item, load_site, sample_items
 from ingest.search import ItemCollectionSource
@@ -304,6 +304,39 @@ def test_dilation_grows_cloud_over_shadow_and_clear_but_not_nodata() -> None:
     assert (dilate(mask, 0) == mask).all()
 
 
+def _dilate_class_by_class(mask: np.ndarray, px: int) -> np.ndarray:
+    """The rule written out: shadow grows into clear, then cloud into clear and shadow (binary dilation
+    of each class by a (2 px + 1)² square, one date at a time)."""
+    from scipy import ndimage
+
+    out = mask.copy()
+    square = np.ones((2 * px + 1, 2 * px + 1), dtype=bool)
+    for t in range(mask.shape[0]):
+        for cls in (MaskClass.SHADOW, MaskClass.CLOUD):
+            grown = ndimage.binary_dilation(mask[t] == cls, structure=square)
+            target = (out[t] == MaskClass.CLEAR) | ((out[t] == MaskClass.SHADOW) & (cls == MaskClass.CLOUD))
+            out[t][grown & target] = cls
+    return out
+
+
+@pytest.mark.parametrize("px", [1, 2, 3])
+def test_dilation_equals_growing_each_class_in_turn(px: int) -> None:
+    rng = np.random.default_rng(px)
+    for share in ([0.97, 0.01, 0.01, 0.01], [0.4, 0.2, 0.2, 0.2]):  # sparse specks, crowded classes
+        mask = rng.choice(4, size=(3, 40, 70), p=share).astype(np.uint8)
+        np.testing.assert_array_equal(dilate(mask, px), _dilate_class_by_class(mask, px))
+        np.testing.assert_array_equal(dilate(mask[0], px), _dilate_class_by_class(mask[:1], px)[0])
+
+
+def test_scl_lookup_equals_class_by_class_for_any_integer_type() -> None:
+    scl = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    expected = np.zeros(scl.shape, dtype=np.uint8)  # classes not listed are clear
+    for scl_class, mask_class in SCL_TO_MASK.items():
+        expected[scl == scl_class] = mask_class
+    np.testing.assert_array_equal(scl_to_mask(scl), expected)
+    np.testing.assert_array_equal(scl_to_mask(scl.astype(np.uint16)), expected)
+
+
 def _site_rasters(band: str, date_index: int) -> np.ndarray:
     site = load_site()
     record = site.s2[date_index]
@@ -368,6 +401,9 @@ def test_boa_offset_removal_keeps_nodata_and_clamps_dark_pixels() -> None:
     dn = np.array([0, 1000, 1001, 3500], dtype=np.uint16)
     assert remove_boa_offset(dn, 1000).tolist() == [0, 1, 1, 2500]
     assert remove_boa_offset(dn, 0).tolist() == dn.tolist()
+    in_place = dn.copy()
+    remove_boa_offset_inplace(in_place, 1000)
+    assert in_place.tolist() == [0, 1, 1, 2500]
 
 
 def test_linear_to_db() -> None:
