@@ -21,6 +21,7 @@ in a catalogue is an error to see, not a hole to fill silently.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -90,13 +91,17 @@ def gdal_env(retries: int, backoff_s: float) -> Any:
     )
 
 
+#: GDAL settings for local files: no sidecar-file lookups on open, and none of the HTTP settings;
+#: without stackstac's VSI_CACHE, which only copies local reads once more (~10 % of the CPU of decoding
+#: bench/ingest.py's 130 S2 COGs).
+LOCAL_GDAL_OPTIONS = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}
+
+
 def local_gdal_env() -> Any:
-    """GDAL settings for local files: no sidecar-file lookups on open, and none of the HTTP settings;
-    without stackstac's VSI_CACHE, which only copies local reads once more (~10 % of the CPU of
-    decoding bench/ingest.py's 130 S2 COGs)."""
+    """:data:`LOCAL_GDAL_OPTIONS` as a stackstac layered environment (for the same reads one by one)."""
     from stackstac.rio_env import LayeredEnv
 
-    return LayeredEnv(always={}, open={"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"})
+    return LayeredEnv(always={}, open=LOCAL_GDAL_OPTIONS)
 
 
 @dataclass(frozen=True)
@@ -149,11 +154,14 @@ def _read_aligned(
     pixel repeated over the grid pixels it covers; raises :class:`_NotAlignedError` if it can't be.
 
     Pixels outside the asset and the asset's own nodata become ``fill_value`` (as stackstac does).
+    ``env`` is a layered GDAL environment entered around the open and the read; None when the caller's
+    thread already runs in one.
     """
     import rasterio
     from rasterio.windows import Window
 
-    with env.open, rasterio.open(href) as src:
+    opening = env.open if env is not None else contextlib.nullcontext()
+    with opening, rasterio.open(href) as src:
         t = src.transform
         res = float(t.a)
         factor = round(res / grid.resolution)
@@ -184,7 +192,7 @@ def _read_aligned(
             out[...] = fill_value
         if c0 >= c1 or r0 >= r1:
             return
-        with env.read:
+        with env.read if env is not None else contextlib.nullcontext():
             data = src.read(1, window=Window(c0, r0, c1 - c0, r1 - r0))
         if src.nodata is not None and not _is_nodata_fill(src.nodata, fill_value):
             missing = np.isnan(data) if np.isnan(src.nodata) else data == src.nodata
@@ -225,8 +233,9 @@ def _read_all(
 ) -> bool:
     """Every read by a windowed read straight into its ``out``, READ_THREADS at a time
     (LOCAL_READ_THREADS for local files); False if any asset is not aligned with the grid."""
+    import rasterio
 
-    def one(r: AssetRead) -> None:
+    def one(r: AssetRead, env: Any) -> None:
         try:
             _read_aligned(r.href, grid, r.out, fill_value=fill_value, resampling=r.resampling, env=env)
         except (RuntimeError, OSError) as err:  # name the file: AssetReadError maps it to its item
@@ -234,12 +243,24 @@ def _read_all(
         if r.finish is not None:
             r.finish(r.out)
 
-    remote = any(_is_remote(r.href) for r in reads)
-    threads = READ_THREADS if remote else LOCAL_READ_THREADS
-    env = env if remote else local_gdal_env()
-    with ThreadPoolExecutor(max_workers=min(threads, len(reads) or 1)) as pool:
+    def local(share: Sequence[AssetRead]) -> None:
+        # One GDAL environment per thread for all its files: entering one per open and per read (and
+        # rasterio's default one per open outside any) cost ~15 % of the CPU of decoding the files.
+        with rasterio.Env(**LOCAL_GDAL_OPTIONS):
+            for r in share:
+                one(r, None)
+
+    if any(_is_remote(r.href) for r in reads):
+        with ThreadPoolExecutor(max_workers=min(READ_THREADS, len(reads) or 1)) as pool:
+            try:
+                list(pool.map(lambda r: one(r, env), reads))
+            except _NotAlignedError:
+                return False
+        return True
+    threads = min(LOCAL_READ_THREADS, len(reads) or 1)
+    with ThreadPoolExecutor(max_workers=threads) as pool:
         try:
-            list(pool.map(one, reads))
+            list(pool.map(local, [reads[i::threads] for i in range(threads)]))
         except _NotAlignedError:
             return False
     return True
