@@ -192,18 +192,40 @@ def _read_aligned(
             out[...] = fill_value
         if c0 >= c1 or r0 >= r1:
             return
+        window = Window(c0, r0, c1 - c0, r1 - r0)
+        dy, dx = off_y - r0 * factor, off_x - c0 * factor
+        whole = (dy, dx) == (0, 0) and (i1 - i0) == (r1 - r0) * factor and (j1 - j0) == (c1 - c0) * factor
+        if whole and factor == 1 and src.dtypes[0] == out.dtype:
+            # Straight into the tile's array: no copy of the band (``out`` is a view of the final stack).
+            with env.read if env is not None else contextlib.nullcontext():
+                src.read(1, window=window, out=out[i0:i1, j0:j1])
+            _nodata_to_fill(out[i0:i1, j0:j1], src.nodata, fill_value)
+            return
         with env.read if env is not None else contextlib.nullcontext():
-            data = src.read(1, window=Window(c0, r0, c1 - c0, r1 - r0))
-        if src.nodata is not None and not _is_nodata_fill(src.nodata, fill_value):
+            data = src.read(1, window=window)
+        if data.dtype == out.dtype:
+            _nodata_to_fill(data, src.nodata, fill_value)  # a fresh array of the read: in place
+        elif src.nodata is not None and not _is_nodata_fill(src.nodata, fill_value):
             missing = np.isnan(data) if np.isnan(src.nodata) else data == src.nodata
-            if data.dtype == out.dtype:
-                data[missing] = fill_value  # a fresh array of the read: no copy needed
-            else:
-                data = np.where(missing, fill_value, data).astype(out.dtype, copy=False)
+            data = np.where(missing, fill_value, data).astype(out.dtype, copy=False)
+        if whole and factor > 1:
+            # Each source pixel onto its factor × factor grid pixels in one pass (no repeated copies).
+            block = out[i0:i1, j0:j1].reshape(r1 - r0, factor, c1 - c0, factor)
+            block[...] = data[:, None, :, None]
+            return
         if factor > 1:
             data = data.repeat(factor, axis=0).repeat(factor, axis=1)
-        dy, dx = off_y - r0 * factor, off_x - c0 * factor
         out[i0:i1, j0:j1] = data[dy + i0 : dy + i1, dx + j0 : dx + j1]
+
+
+def _nodata_to_fill(
+    data: np.ndarray, nodata: float | None, fill_value: float | int | np.floating[Any]
+) -> None:
+    """The asset's own nodata value as ``fill_value``, in place."""
+    if nodata is None or _is_nodata_fill(nodata, fill_value):
+        return
+    missing = np.isnan(data) if np.isnan(nodata) else data == nodata
+    data[missing] = fill_value
 
 
 def _is_remote(href: str) -> bool:
