@@ -217,6 +217,40 @@ def test_grid_tile_holds_the_site_where_it_lies_and_nodata_elsewhere(
     assert np.isnan(ds["s1"].values[:, :, outside]).all()
 
 
+def test_full_size_tile_chunks_use_large_blosc_blocks_and_read_back(
+    stac_api: str, tmp_path: Path, api_tile: tuple[IngestSummary, xr.Dataset]
+) -> None:
+    """A 384×768 tile's dates (s2 5.9 MB, s1 2.4 MB a chunk) are compressed in 1 MiB blosc blocks, the
+    mask (0.3 MB) in blosc's own; plain xarray reads the store back to the pixels ingested."""
+    import zarr
+
+    from tiler.store import TILE_BLOCK_BYTES
+
+    tile = TileRef(32631, 78, 1597)
+    ingest_tile(
+        tile, str(tmp_path / "t.zarr"), config(catalog=stac_api, start="2019-04-01", end="2019-04-21")
+    )
+    group = zarr.open_group(str(tmp_path / "t.zarr"), mode="r")
+
+    def blocksize(var: str) -> int:
+        (codec,) = group[var].compressors
+        return int(codec.blocksize)
+
+    assert blocksize("s2") == blocksize("s1") == TILE_BLOCK_BYTES
+    assert blocksize("mask") == 0  # 0: blosc chooses
+    plain = xr.open_zarr(tmp_path / "t.zarr").load()
+    row = round((tile.bounds[3] - TILE.bounds[3]) / 10)
+    col = round((TILE.bounds[0] - tile.bounds[0]) / 10)
+    _, site_ds = api_tile
+    expected = site_ds.sel(time=plain["time"].values)
+    np.testing.assert_array_equal(
+        plain["s2"].values[:, :, row : row + 64, col : col + 64], expected["s2"].values
+    )
+    np.testing.assert_array_equal(
+        plain["s1"].values[:, :, row : row + 64, col : col + 64], expected["s1"].values
+    )
+
+
 def _write_cogs(
     record: dict[str, Any],
     out: Path,
