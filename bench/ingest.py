@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import resource
 import shutil
 import statistics
 import subprocess
@@ -362,11 +363,14 @@ def main() -> None:
                 marks[event.step] = time.perf_counter()  # the time of each step's last event
 
             t0, c0 = time.perf_counter(), time.process_time()
+            sys0 = resource.getrusage(resource.RUSAGE_SELF).ru_stime
             summary = ingest_tile(
                 TILE, str(work / f"tile-{r}.zarr"), config, progress=progress, overwrite=True
             )
             total = time.perf_counter() - t0
             cpu_runs.append(time.process_time() - c0)
+            # System time (first touches of fresh memory, mostly): high in a process's first ingests.
+            sys_s = resource.getrusage(resource.RUSAGE_SELF).ru_stime - sys0
             assert len(summary.dates) == args.dates and summary.n_paired == args.dates
             # S1 is read while the masks are computed: one phase from the end of the S2 read to the
             # later of the two.
@@ -385,7 +389,7 @@ def main() -> None:
             print(
                 f"ingest run {r + 1}: {total:.2f} s/tile ({total / args.dates:.3f} s/date; {split}); "
                 f"rasterio decode right after: {decodes[-1]:.2f} s; CPU s (all threads): ingest "
-                f"{cpu_runs[-1]:.2f}, decode {cpu_decodes[-1]:.2f}"
+                f"{cpu_runs[-1]:.2f} (of which system {sys_s:.2f}), decode {cpu_decodes[-1]:.2f}"
             )
         if args.profile:
             import cProfile
