@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import queue
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -209,9 +210,12 @@ def _read_aligned(
             missing = np.isnan(data) if np.isnan(src.nodata) else data == src.nodata
             data = np.where(missing, fill_value, data).astype(out.dtype, copy=False)
         if whole and factor > 1:
-            # Each source pixel onto its factor × factor grid pixels in one pass (no repeated copies).
-            block = out[i0:i1, j0:j1].reshape(r1 - r0, factor, c1 - c0, factor)
-            block[...] = data[:, None, :, None]
+            # Each source row widened once, then written to the ``factor`` grid rows it covers: contiguous
+            # copies, ~2× faster than repeating along both axes and copying the result.
+            wide = data.repeat(factor, axis=1)
+            region = out[i0:i1, j0:j1]
+            for k in range(factor):
+                region[k::factor] = wide
             return
         if factor > 1:
             data = data.repeat(factor, axis=0).repeat(factor, axis=1)
@@ -265,11 +269,20 @@ def _read_all(
         if r.finish is not None:
             r.finish(r.out)
 
-    def local(share: Sequence[AssetRead]) -> None:
-        # One GDAL environment per thread for all its files: entering one per open and per read (and
-        # rasterio's default one per open outside any) cost ~15 % of the CPU of decoding the files.
+    pending = queue.SimpleQueue[AssetRead]()
+    for r in reads:
+        pending.put(r)
+
+    def local(_: int) -> None:
+        # One GDAL environment per thread for all the files it takes from the queue (entering one per
+        # open and per read, and rasterio's default one per open outside any, costs Python time per
+        # file); files are taken one at a time, so a thread the machine holds back delays no others.
         with rasterio.Env(**LOCAL_GDAL_OPTIONS):
-            for r in share:
+            while True:
+                try:
+                    r = pending.get_nowait()
+                except queue.Empty:
+                    return
                 one(r, None)
 
     if any(_is_remote(r.href) for r in reads):
@@ -282,7 +295,7 @@ def _read_all(
     threads = min(LOCAL_READ_THREADS, len(reads) or 1)
     with ThreadPoolExecutor(max_workers=threads) as pool:
         try:
-            list(pool.map(local, [reads[i::threads] for i in range(threads)]))
+            list(pool.map(local, range(threads)))
         except _NotAlignedError:
             return False
     return True
