@@ -209,17 +209,16 @@ def _read_aligned(
         elif src.nodata is not None and not _is_nodata_fill(src.nodata, fill_value):
             missing = np.isnan(data) if np.isnan(src.nodata) else data == src.nodata
             data = np.where(missing, fill_value, data).astype(out.dtype, copy=False)
-        if whole and factor > 1:
-            # Each source row widened once, then written to the ``factor`` grid rows it covers: contiguous
-            # copies, ~2× faster than repeating along both axes and copying the result.
-            wide = data.repeat(factor, axis=1)
-            region = out[i0:i1, j0:j1]
-            for k in range(factor):
-                region[k::factor] = wide
-            return
-        if factor > 1:
-            data = data.repeat(factor, axis=0).repeat(factor, axis=1)
-        out[i0:i1, j0:j1] = data[dy + i0 : dy + i1, dx + j0 : dx + j1]
+        # Each source row widened once (pixels repeated along x), then copied to the ``factor`` grid
+        # rows it covers: contiguous copies, ~2× faster than repeating along both axes and copying.
+        wide = data.repeat(factor, axis=1) if factor > 1 else data
+        wide = wide[:, dx + j0 : dx + j1]
+        region = out[i0:i1, j0:j1]
+        for k in range(factor):
+            first = (k - dy - i0) % factor  # first row of the region that source row offset k lands on
+            rows = region[first::factor]
+            row0 = (dy + i0 + first) // factor
+            rows[...] = wide[row0 : row0 + rows.shape[0]]
 
 
 def _nodata_to_fill(
