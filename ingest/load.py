@@ -214,8 +214,7 @@ def _read_aligned(
         wide = data.repeat(factor, axis=1) if factor > 1 else data
         wide = wide[:, dx + j0 : dx + j1]
         region = out[i0:i1, j0:j1]
-        for k in range(factor):
-            first = (k - dy - i0) % factor  # first row of the region that source row offset k lands on
+        for first in range(factor):  # region rows first, first + factor, ... take consecutive source rows
             rows = region[first::factor]
             row0 = (dy + i0 + first) // factor
             rows[...] = wide[row0 : row0 + rows.shape[0]]

@@ -466,6 +466,51 @@ def test_direct_read_equals_stackstac(bounds: tuple[float, float, float, float])
     np.testing.assert_array_equal(direct, warped)
 
 
+@pytest.mark.parametrize(
+    "bounds",
+    [
+        (574680.0, 5621780.0, 575340.0, 5622440.0),  # on the 60 m pixel edges
+        (574710.0, 5621830.0, 575090.0, 5622400.0),  # cutting 60 m pixels at every edge
+        (574500.0, 5621600.0, 575200.0, 5622700.0),  # reaching past the raster: no data around
+    ],
+)
+def test_direct_read_of_a_60_m_band_equals_stackstac(tmp_path: Path, bounds: tuple[float, ...]) -> None:
+    """A 60 m COG (every 6th pixel of the real WorldCereal B02) on 10 m grids cutting its pixels at
+    every offset: each grid pixel takes the 60 m pixel it lies in, as stackstac's nearest read does."""
+    from rasterio.transform import from_origin
+
+    from ingest.load import Grid, Retry, _read_direct, _read_stackstac, gdal_env
+
+    site = load_site()
+    record = site.s2[0]
+    with rasterio.open(SAMPLE_DIR / record["assets"]["B02"]["file"]) as src:
+        coarse = np.ascontiguousarray(src.read(1)[::6, ::6])  # 11×11 px of 60 m
+        transform = from_origin(src.bounds.left, src.bounds.top, 60.0, 60.0)
+        crs = src.crs
+    path = tmp_path / "B01.tif"
+    with rasterio.open(
+        path,
+        "w",
+        driver="COG",
+        height=coarse.shape[0],
+        width=coarse.shape[1],
+        count=1,
+        dtype=coarse.dtype,
+        crs=crs,
+        transform=transform,
+        nodata=0,
+    ) as dst:
+        dst.write(coarse, 1)
+    item = pystac.Item.from_dict(sample_items()[0][0])
+    item.assets["B01"] = pystac.Asset(href=str(path), media_type=pystac.MediaType.COG)
+    grid = Grid.of(TileBox(site.epsg, bounds, 10.0))
+    kw: dict[str, Any] = {"dtype": np.dtype("uint16"), "fill_value": np.uint16(0), "resampling": "nearest"}
+    direct = _read_direct([item], ["B01"], grid, env=gdal_env(0, 0.0), **kw)
+    assert direct is not None and (direct > 0).any()
+    warped = _read_stackstac([item], ["B01"], grid, retry=Retry(0, 0.0), **kw)
+    np.testing.assert_array_equal(direct, warped)
+
+
 def test_unaligned_grid_falls_back_to_stackstac() -> None:
     """A grid whose pixel edges miss the rasters' (5 m off) is read through the warper, as before."""
     from ingest.load import _read_direct, _read_stackstac, gdal_env, read
