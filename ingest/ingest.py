@@ -309,6 +309,8 @@ def _read_s2(
         resampling=config.resampling,
         retry=reads,
         on_batch=lambda done, total: notify(ProgressEvent("s2", done, total, f"{len(days)} dates")),
+        # The fallback cloud test sees the bands a pixel has before incomplete pixels are zeroed.
+        zero_incomplete=config.cloud_mask == "scl",
     )
     has_data = stack.valid.any(axis=(1, 2))
     for k in np.flatnonzero(~has_data):
@@ -404,13 +406,15 @@ def _day_time(day: Sequence[pystac.Item]) -> np.datetime64:
 
 
 def _masks(stack: S2Stack, config: IngestConfig) -> np.ndarray:
-    """The (time, y, x) mask of the stack (its reflectance is already 0 where ``valid`` is False)."""
+    """The (time, y, x) mask of the stack; its reflectance ends 0 in every band where ``valid`` is False."""
     snow = None
     if config.cloud_mask == "scl" and stack.scl is not None:
         mask = scl_to_mask(stack.scl)
         snow = stack.scl == SCL_SNOW
     else:
         mask = fallback_mask(stack.reflectance, config.bands)
+        # Pixels without a complete set of bands carry no data in any band.
+        np.multiply(stack.reflectance, stack.valid[:, None], out=stack.reflectance)
     mask[~stack.valid] = MaskClass.NODATA
     if config.refine_bright:
         mask = refine_bright(mask, stack.reflectance, config.bands, snow=snow)

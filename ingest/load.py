@@ -481,7 +481,7 @@ def remove_boa_offset_inplace(dn: np.ndarray, offset: int) -> None:
 class S2Stack:
     """The S2 days on the grid, one array per variable (no per-date copies)."""
 
-    reflectance: np.ndarray  # (date, band, y, x) uint16, offset removed, 0 in every band where any is 0
+    reflectance: np.ndarray  # (date, band, y, x) uint16, offset removed (0 in every band where any is 0)
     scl: np.ndarray | None  # (date, y, x) uint8, 0 = no data
     valid: np.ndarray  # (date, y, x) bool: every band has data
 
@@ -515,6 +515,7 @@ def load_s2_days(
     resampling: str,
     retry: Retry,
     on_batch: Callable[[int, int], None] | None = None,
+    zero_incomplete: bool = True,
 ) -> S2Stack:
     """Read and mosaic S2 days (each a list of items of one date, preferred first) into one stack.
 
@@ -522,7 +523,8 @@ def load_s2_days(
     at once, so reads run in parallel across dates, not only across bands. A day of one item (the usual
     case) is read straight into its place in the stack, its BOA offset removed in place by the reader
     thread; a day of several items goes through a scratch stack and is mosaicked into place. Pixels
-    missing any band are set to 0 in every band.
+    missing any band are set to 0 in every band (unless ``zero_incomplete`` is False: the caller does it
+    after using the bands they have, as the fallback cloud test does).
     """
     keys = [profile.band_asset(b) for b in bands]
     scl_key = profile.scl_asset if with_scl else None
@@ -561,7 +563,8 @@ def load_s2_days(
                     scl[k] = first_valid(scl_items[:, None], item_valid)[0]
             # A pixel has data when every band is > 0, i.e. its smallest band is (uint16: nonzero).
             np.greater(reflectance[k].min(axis=0), 0, out=valid[k])
-            np.multiply(reflectance[k], valid[k], out=reflectance[k])
+            if zero_incomplete:
+                np.multiply(reflectance[k], valid[k], out=reflectance[k])
         if on_batch is not None:
             on_batch(b + 1, len(batches))
     return S2Stack(reflectance=reflectance, scl=scl, valid=valid)
