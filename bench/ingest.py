@@ -358,9 +358,13 @@ def main() -> None:
         cpu_decodes: list[float] = []
         for r in range(args.repeat):
             marks: dict[str, float] = {}
+            cpu_marks: dict[str, float] = {}
 
-            def progress(event: ProgressEvent, marks: dict[str, float] = marks) -> None:
+            def progress(
+                event: ProgressEvent, marks: dict[str, float] = marks, cpu_marks: dict[str, float] = cpu_marks
+            ) -> None:
                 marks[event.step] = time.perf_counter()  # the time of each step's last event
+                cpu_marks[event.step] = time.process_time()  # and the process's CPU time (all threads)
 
             t0, c0 = time.perf_counter(), time.process_time()
             sys0 = resource.getrusage(resource.RUSAGE_SELF).ru_stime
@@ -381,15 +385,23 @@ def main() -> None:
                 "masks + s1 read": both - marks["s2"],
                 "write": marks["write"] - both,
             }
+            cpu_both = max(cpu_marks["masks"], cpu_marks["s1"])
+            cpu_phases = {
+                "search": cpu_marks["search"] - c0,
+                "s2 read": cpu_marks["s2"] - cpu_marks["search"],
+                "masks + s1 read": cpu_both - cpu_marks["s2"],
+                "write": cpu_marks["write"] - cpu_both,
+            }
             runs.append(total)
             c0 = time.process_time()
             decodes.append(decode_all(files))  # right after, so both see the same load on a shared machine
             cpu_decodes.append(time.process_time() - c0)
             split = ", ".join(f"{k} {v:.2f}" for k, v in phases.items())
+            cpu_split = ", ".join(f"{k} {v:.2f}" for k, v in cpu_phases.items())
             print(
                 f"ingest run {r + 1}: {total:.2f} s/tile ({total / args.dates:.3f} s/date; {split}); "
                 f"rasterio decode right after: {decodes[-1]:.2f} s; CPU s (all threads): ingest "
-                f"{cpu_runs[-1]:.2f} (of which system {sys_s:.2f}), decode {cpu_decodes[-1]:.2f}"
+                f"{cpu_runs[-1]:.2f} ({cpu_split}; of which system {sys_s:.2f}), decode {cpu_decodes[-1]:.2f}"
             )
         if args.profile:
             import cProfile
