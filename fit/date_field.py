@@ -87,7 +87,6 @@ def date_residual_field(
     observation may be used. Add the result (or a fraction of it) to ``guide``. ``device``: where to
     convolve (None or a CPU: scipy).
     """
-    n_bands = guide.shape[1]
     field = np.zeros(guide.shape, dtype=np.float32)
     centre = _centre_weight(scale_px)
     for date in np.flatnonzero(visible.any(axis=(1, 2))):
@@ -102,5 +101,4 @@ def date_residual_field(
         blend = support / (support + DATE_FIELD_SUPPORT)
         mean = (residual.sum(axis=(1, 2), keepdims=True) - residual) / (count - weight + DATE_FIELD_PRIOR)
         field[date] = np.where(support > 0, blend * local, 0.0) + (1.0 - blend) * mean
-    assert field.shape[1] == n_bands
     return field
