@@ -28,6 +28,7 @@ from fit.config import FitConfig
 from fit.date_field import date_residual_field
 from fit.errors import AllCloudyError, FitConfigError, FitInputError, WarmStartError
 from fit.losses import PerceptualLoss, masked_l2
+from fit.masks import BLUE as BLUE_BAND
 from fit.masks import refine_masks
 from fit.network import EncoderDecoder3D, SpatialPlan, crop_spatial, pad_spatial, spatial_plan
 from fit.schedule import output_windows, visit_groups, windows
@@ -540,12 +541,13 @@ def decloud(
     date_factor = np.ones((1, n_bands, 1, 1), dtype=np.float32)
 
     fields: dict[bytes, np.ndarray] = {}
+    blue = list(bands).index(BLUE_BAND) if BLUE_BAND in bands else None
 
     def date_field(guide: np.ndarray, visible: np.ndarray) -> np.ndarray:
         # The same visible set comes back (the factor's check, then the shrink's): ~5 CPU s a full tile.
         key = hashlib.blake2b(np.packbits(visible).tobytes(), digest_size=16).digest()
         if key not in fields:
-            fields[key] = date_residual_field(reflectance, guide, visible, device=torch_device)
+            fields[key] = date_residual_field(reflectance, guide, visible, blue=blue, device=torch_device)
         return fields[key]
 
     def assemble(visible: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:

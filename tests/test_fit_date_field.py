@@ -116,3 +116,14 @@ def test_a_fit_with_the_field_reports_its_share_and_needs_the_guide(real_crop: T
 def test_the_accelerator_path_blurs_as_scipy_does() -> None:
     planes = np.random.default_rng(3).random((3, 17, 29)).astype(np.float32)
     np.testing.assert_allclose(_blur_torch(planes, 1.5, torch.device("cpu")), blur(planes, 1.5), atol=1e-6)
+
+
+def test_bright_blue_outliers_stay_out_of_the_field() -> None:
+    """A visible pixel much brighter in blue than its date's other residuals (haze the masks missed)
+    moves no field; without ``blue`` it does."""
+    values, guide, visible = _flat_series(0.0, slice(8, 12))
+    hazy = values.copy()
+    hazy[1, :, 7, 7] += 0.2  # next to the hole, both bands (band 0 is blue here)
+    plain = date_residual_field(values, guide, visible, blue=0)
+    np.testing.assert_allclose(date_residual_field(hazy, guide, visible, blue=0), plain, atol=1e-6)
+    assert np.abs(date_residual_field(hazy, guide, visible) - plain)[1, :, 8, 8].min() > 0.01
