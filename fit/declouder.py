@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import hashlib
 import itertools
 import math
 import resource
@@ -24,8 +25,10 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from fit.baselines import mosaic_mean, observation_gaps, temporal_linear
 from fit.config import FitConfig
+from fit.date_field import date_residual_field
 from fit.errors import AllCloudyError, FitConfigError, FitInputError, WarmStartError
 from fit.losses import PerceptualLoss, masked_l2
+from fit.masks import BLUE as BLUE_BAND
 from fit.masks import refine_masks
 from fit.network import EncoderDecoder3D, SpatialPlan, crop_spatial, pad_spatial, spatial_plan
 from fit.schedule import output_windows, visit_groups, windows
@@ -128,6 +131,8 @@ class DecloudResult:
     shrinkage: tuple[float, ...] | None = None
     #: With ``guide_model="ridge"`` and ``shrink``: the factor each band's ridge correction was scaled by.
     ridge_shrinkage: tuple[float, ...] | None = None
+    #: With ``date_field`` and ``shrink``: the share of the same-date field each band's guide took.
+    date_field_shrinkage: tuple[float, ...] | None = None
     #: With ``shrink``: mean squared error on the held-out pixels of the guide and of the output.
     holdout_guide_mse: float = float("nan")
     holdout_fit_mse: float = float("nan")
@@ -532,6 +537,18 @@ def decloud(
     ridge_factor = np.ones((1, n_bands, 1, 1), dtype=np.float32)
     # With shrink="regime": one factor per guide regime and band instead (set below).
     ridge_regimes: np.ndarray | None = None
+    # The same-date field's share per band, as far as it helps on the held-out pixels (set below).
+    date_factor = np.ones((1, n_bands, 1, 1), dtype=np.float32)
+
+    fields: dict[bytes, np.ndarray] = {}
+    blue = list(bands).index(BLUE_BAND) if BLUE_BAND in bands else None
+
+    def date_field(guide: np.ndarray, visible: np.ndarray) -> np.ndarray:
+        # The same visible set comes back (the factor's check, then the shrink's): ~5 CPU s a full tile.
+        key = hashlib.blake2b(np.packbits(visible).tobytes(), digest_size=16).digest()
+        if key not in fields:
+            fields[key] = date_residual_field(reflectance, guide, visible, blue=blue, device=torch_device)
+        return fields[key]
 
     def assemble(visible: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """The network's input and the guide when only ``visible`` samples are known."""
@@ -542,6 +559,8 @@ def decloud(
                 guide = (guide + ridge_factor * (ridge - guide)).astype(np.float32)
             else:
                 guide = _apply_factors(guide, ridge, ridge_regimes, guide_regimes(visible, days))
+        if guide is not None and config.date_field and date_factor.any():
+            guide = np.clip(guide + date_factor * date_field(guide, visible), 0.0, 1.0).astype(np.float32)
         parts = [radar]
         if guide is not None and config.guide_gaps:
             parts.append(guide_gaps(visible, days))
@@ -566,6 +585,18 @@ def decloud(
             ridge_factor[:] = ridge_regimes[0].reshape(ridge_factor.shape)
         else:
             ridge_factor[:] = fit_shrinkage(ridge, linear, reflectance, held).reshape(ridge_factor.shape)
+    if config.date_field and config.shrink != "off":
+        date_factor[:] = 0.0  # the guide without the field: assemble() now returns it
+        seen = assemble(learn)[1]
+        assert seen is not None  # date_field needs the guide (FitConfig checks it)
+        field = date_field(seen, learn)
+        # Checked on held-out samples of dates that show pixels (the field is 0 on a date held out
+        # whole); too few of them (a tile a few pixels wide): on the visible samples, whose field was
+        # computed without their own value.
+        check = held & learn.any(axis=(1, 2), keepdims=True)
+        if check.sum() < SHRINK_MIN_SAMPLES:
+            check = learn
+        date_factor[:] = fit_shrinkage(seen + field, seen, reflectance, check).reshape(date_factor.shape)
     hide_rng = np.random.default_rng([seed, HIDE_STREAM])
 
     def draw_hidden() -> np.ndarray:
@@ -670,6 +701,7 @@ def decloud(
         ridge_shrinkage=(
             tuple(float(f) for f in ridge_factor.ravel()) if config.guide_model == "ridge" else None
         ),
+        date_field_shrinkage=tuple(float(f) for f in date_factor.ravel()) if config.date_field else None,
         holdout_guide_mse=fitted.holdout_guide_mse,
         holdout_fit_mse=fitted.holdout_fit_mse,
         sigma=sigma,
