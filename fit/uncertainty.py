@@ -12,14 +12,21 @@ features every (date, band, pixel) has (:data:`FEATURES`):
    the interpolation is one-sided, how much the pixel's neighbouring observations differ (the change
    the interpolation spans), the guide's brightness and local spatial spread, the share of the date the
    masks distrust (a partly cloudy date's "truth" carries the masks' misses, haze at cloud edges; σ is
-   predicted with that share at 0, the error against a clean observation), and one intercept per band.
-2. The fit's error on the held-out samples relative to stage 1 (stage 1's output is an offset): the
-   network's correction ``|prediction − guide|``, the distance to the nearest visible pixel of the same
-   date (deep inside a cloud or at its edge), one intercept per band.
+   predicted with that share at 0, the error against a clean observation), how wrong the guide is on
+   the visible pixels of the same date around the pixel (its own 3×3 neighbourhood left out; ~0 deep in
+   a hole or on a date with nothing visible), and one intercept per band.
+2. The fit's error on the held-out samples relative to stage 1 (stage 1's output is an offset): one
+   intercept per band (:data:`FILL_COLUMNS`: no feature ranked there).
 
 Features are standardised, clipped to the range they were fitted on, and each stage is a ridge
 regression. ``exp(ŷ)`` is then made a standard deviation in the sense of ±1σ coverage by a per-band
-split-conformal factor: the 68.27 % quantile of ``|r| / exp(ŷ)`` over the band's held-out samples (the
+factor, the product of two 68.27 % quantiles: the *level*, that of ``|observation − guide| / exp(ŷ)``
+over every visible sample (all dates), and the fit's *gain* over its guide, that of ``|r| / exp(ŷ)``
+over the held-out samples divided by that of their guide's ``|observation − guide| / exp(ŷ)``. The
+held-out samples fall on a few dates (2–4 on a small tile), and a date's difficulty (how far the
+surface moved from its neighbours) dominates the error: alone they set every date's σ by those few
+dates. Without a guide (the prediction stands in for it, and its errors on the visible samples are
+training errors) the factor is the held-out one alone, the 68.27 % quantile of ``|r| / exp(ŷ)`` (the
 pooled one for a band with few), so that 68.27 % of them lie within 1σ.
 
 Few held-out samples (a tiny tile): no regression, a per-band constant (the band's 68.27 % quantile of
@@ -65,12 +72,28 @@ FEATURES: tuple[str, ...] = (
     "log1p(distance to visible px)",
     "log local std of guide",
     "untrusted share of the date",
+    "guide error around the pixel",
 )
 #: Column of the untrusted share in FEATURES.
 UNTRUSTED = FEATURES.index("untrusted share of the date")
-#: The guide's error model's features (per pixel over time) and the fill's (the network, the hole).
-GUIDE_COLUMNS: tuple[int, ...] = (0, 1, 2, 4, 5, 7, UNTRUSTED)
-FILL_COLUMNS: tuple[int, ...] = (3, 6)
+#: Column of the guide's error around the pixel in FEATURES.
+AROUND = FEATURES.index("guide error around the pixel")
+#: The guide's error model's features (per pixel over time, and the date's error around the pixel).
+GUIDE_COLUMNS: tuple[int, ...] = (0, 1, 2, 4, 5, 7, UNTRUSTED, AROUND)
+#: The fill's features, relative to the guide's model: none. The network's correction and the distance
+#: to the nearest visible pixel were tried and dropped (2026-11-30, 12 oracle tuning cases × 3 seeds of
+#: the quality suite): on held-out samples that sit mostly on whole held-out dates they rank nothing
+#: and extrapolate to the painted holes (docs/fit.md, "Uncertainty"). Stage 2 is one intercept per band.
+FILL_COLUMNS: tuple[int, ...] = ()
+#: "Guide error around the pixel": the leave-one-out guide's log error on the visible pixels of the same
+#: date, averaged with Gaussian weights of this scale (px) ...
+AROUND_SCALE_PX = 3.0
+#: ... leaving out the pixel and its 8 neighbours (within this radius, px): the visible samples the guide
+#: model learns from would otherwise see their own error in it, where a hole pixel sees only its edge ...
+AROUND_HOLE_PX = 1.5
+#: ... and shrunk towards the tile's mean (0) by this prior weight (in the kernel's weight units, the
+#: centre pixel's weight being 1): deep inside a hole or on a date with nothing visible it is ~0.
+AROUND_PRIOR = 2.0
 #: Fewer held-out (pixel, band) samples than this per regression weight: a per-band constant instead.
 MIN_SAMPLES_PER_WEIGHT = 20
 #: Fewer held-out samples of a band than this: that band takes the pooled factor / constant.
@@ -123,11 +146,13 @@ class ErrorModel:
     """σ = scale[band] · exp(guide(features) + fill(features)) — or σ = scale[band] without ``fill``.
 
     ``guide``: log |error| of the guide alone, learned on every visible sample (all dates: how the
-    interpolation's error grows with the gaps, the change it spans, the brightness, the date's haze);
-    ``fill``: how much the fit's log |error| on the held-out samples differs from that (the guide's
-    model is an offset), from the network's correction and the distance to the nearest visible pixel.
+    interpolation's error grows with the gaps, the change it spans, the brightness, the date's haze,
+    the guide's error around the pixel); ``fill``: how much the fit's log |error| on the held-out
+    samples differs from that (the guide's model is an offset); ``scale``: the level over every
+    visible sample times the fit's gain over its guide on the held-out ones (see the module).
     ``kind``: "regression", "per-band constant" or "pooled constant"; ``samples``: held-out (pixel,
-    band) samples; ``coverage``: ±1σ coverage on them (0.6827 up to quantile ties).
+    band) samples; ``coverage``: ±1σ coverage on them (0.6827 for the held-out factor alone, up to
+    quantile ties; with the visible level, what the held-out samples' own dates give).
     """
 
     kind: str
@@ -194,11 +219,19 @@ def _date_features(
 class _Context:
     """What every date's features need from the whole series, computed once."""
 
-    def __init__(self, visible: np.ndarray, days: np.ndarray, untrusted: np.ndarray | None = None) -> None:
+    def __init__(
+        self,
+        reflectance: np.ndarray,
+        guide: np.ndarray,
+        visible: np.ndarray,
+        days: np.ndarray,
+        untrusted: np.ndarray | None = None,
+    ) -> None:
         self.visible = visible
         self.untrusted = np.zeros(len(visible)) if untrusted is None else untrusted
         self.gaps = observation_gaps(visible, days, leave_one_out=True)
         self.prev, self.nxt = _neighbours(visible, exclude_self=True)
+        self.around = _guide_error_around(reflectance, guide, visible)
 
     def features(
         self, reflectance: np.ndarray, prediction: np.ndarray, guide: np.ndarray, date: int
@@ -207,7 +240,43 @@ class _Context:
             reflectance, prediction, guide, self.visible, self.gaps, self.prev, self.nxt, date
         )
         columns[..., UNTRUSTED] = self.untrusted[date]
+        columns[..., AROUND] = self.around[date]
         return columns
+
+
+def _around_kernel() -> np.ndarray:
+    """Gaussian weights of scale :data:`AROUND_SCALE_PX`, 0 within :data:`AROUND_HOLE_PX` of the centre."""
+    radius = int(np.ceil(3 * AROUND_SCALE_PX))
+    yy, xx = np.mgrid[-radius : radius + 1, -radius : radius + 1]
+    squared = (yy**2 + xx**2).astype(np.float64)
+    kernel = np.exp(-squared / (2 * AROUND_SCALE_PX**2))
+    kernel[squared <= AROUND_HOLE_PX**2] = 0.0
+    return kernel
+
+
+def _guide_error_around(reflectance: np.ndarray, guide: np.ndarray, visible: np.ndarray) -> np.ndarray:
+    """(time, band, y, x): how wrong the leave-one-out guide is on the visible pixels of the same date
+    around each pixel (its log error less the band's mean over every visible sample, Gaussian-weighted,
+    the pixel's own 3×3 neighbourhood left out, shrunk to 0 where little is visible): a date the guide
+    gets wrong, or a field it gets wrong, shows on its visible part. Only the ``visible`` samples' values
+    enter it, so a held-out or painted pixel's own truth never does."""
+    n_dates, n_bands = reflectance.shape[:2]
+    out = np.zeros(reflectance.shape, dtype=np.float64)
+    if not visible.any():
+        return out
+    log_error = np.log(np.abs(reflectance - guide).astype(np.float64) + FEATURE_EPS)
+    seen = np.broadcast_to(visible[:, None], log_error.shape)
+    centred = np.where(seen, log_error - np.array([log_error[:, b][visible].mean() for b in range(n_bands)])[
+        None, :, None, None], 0.0)  # fmt: skip
+    kernel = _around_kernel()
+    for date in range(n_dates):
+        if not visible[date].any():
+            continue
+        weight = ndimage.convolve(visible[date].astype(np.float64), kernel, mode="constant")
+        for b in range(n_bands):
+            total = ndimage.convolve(centred[date, b], kernel, mode="constant")
+            out[date, b] = total / (weight + AROUND_PRIOR)
+    return out
 
 
 def _quantile(values: np.ndarray) -> float:
@@ -243,10 +312,14 @@ def fit_error_model(
     if not held.any():
         return None
     n_bands = reflectance.shape[1]
+    # The guide's leave-one-out error on the visible samples is honest only for a real guide; without
+    # one (the prediction stands in), the visible samples' errors are the fit's own training errors.
+    honest_guide = guide is not None
     guide = prediction if guide is None else guide
     residual = np.abs(reflectance - np.clip(prediction, 0.0, 1.0)).transpose(0, 2, 3, 1)[held]  # (n, band)
     band = np.broadcast_to(np.arange(n_bands), residual.shape).ravel()
     residual = residual.ravel()
+    guide_residual = np.abs(reflectance - np.clip(guide, 0.0, 1.0)).transpose(0, 2, 3, 1)[held].ravel()
     n_weights = len(FILL_COLUMNS) + n_bands
     if residual.size < MIN_SAMPLES_PER_WEIGHT * n_weights:
         kind = "per-band constant" if (np.bincount(band, minlength=n_bands) >= MIN_BAND_SAMPLES).any() else (
@@ -261,7 +334,7 @@ def fit_error_model(
     has_data = (reflectance > 0).any(axis=1)
     trusted = visible | held
     untrusted = 1.0 - trusted.sum(axis=(1, 2)) / np.maximum(has_data.sum(axis=(1, 2)), 1)
-    context = _Context(visible, days, np.clip(untrusted, 0.0, 1.0))
+    context = _Context(reflectance, guide, visible, days, np.clip(untrusted, 0.0, 1.0))
     rng = np.random.default_rng([seed, SAMPLE_STREAM])
     rows, guide_rows, guide_error, guide_band = [], [], [], []
     per_date = max(1, MAX_SAMPLES // max(1, len(visible) * n_bands))
@@ -284,7 +357,7 @@ def fit_error_model(
     x = np.concatenate(rows)
     if len(x) > MAX_SAMPLES:
         keep = np.sort(rng.choice(len(x), MAX_SAMPLES, replace=False))
-        x, residual, band = x[keep], residual[keep], band[keep]
+        x, residual, band, guide_residual = x[keep], residual[keep], band[keep], guide_residual[keep]
     guide_model = None
     if guide_rows and sum(len(e) for e in guide_error) >= MIN_SAMPLES_PER_WEIGHT * (
         len(GUIDE_COLUMNS) + n_bands
@@ -299,6 +372,16 @@ def fit_error_model(
     model = ErrorModel("regression", int(residual.size), np.ones(n_bands), guide_model, fill)
     relative = np.exp(np.clip(model.log_relative(x, band), -30.0, 30.0))
     scale = _scales(residual / relative, band, n_bands)
+    if honest_guide and guide_model is not None:
+        # The level from every visible sample (all dates), the fit's gain over its guide from the held-out
+        # ones: the held-out samples fall on a few dates (2-4 on a small tile), whose own difficulty would
+        # otherwise set every date's σ.
+        every = np.concatenate(guide_rows)
+        every_band = np.concatenate(guide_band)
+        every_relative = np.exp(np.clip(model.log_relative(every, every_band), -30.0, 30.0))
+        level = _scales(np.concatenate(guide_error) / every_relative, every_band, n_bands)
+        gain = scale / _scales(np.maximum(guide_residual, RESIDUAL_FLOOR) / relative, band, n_bands)
+        scale = np.maximum(level * gain, RESIDUAL_FLOOR)
     covered = float(np.mean(residual <= scale[band] * relative))
     ceiling = np.array(
         [residual[band == b].max() if (band == b).any() else residual.max() for b in range(n_bands)]
@@ -322,7 +405,7 @@ def predict_sigma(
     if model.fill is None:
         return np.broadcast_to(model.scale.astype(np.float32).reshape(1, -1, 1, 1), prediction.shape).copy()
     guide = prediction if guide is None else guide
-    context = _Context(visible, days)
+    context = _Context(reflectance, guide, visible, days)
     sigma = np.empty(prediction.shape, dtype=np.float32)
     for date in range(n_dates):
         columns = context.features(reflectance, prediction, guide, date)
