@@ -244,14 +244,28 @@ class _Context:
         return columns
 
 
-def _around_kernel() -> np.ndarray:
-    """Gaussian weights of scale :data:`AROUND_SCALE_PX`, 0 within :data:`AROUND_HOLE_PX` of the centre."""
-    radius = int(np.ceil(3 * AROUND_SCALE_PX))
+#: The Gaussian's window reaches this many scales (px) from the centre.
+AROUND_TRUNCATE = 3.0
+
+
+def _around_core() -> np.ndarray:
+    """The Gaussian's weights within :data:`AROUND_HOLE_PX` of the centre (the part left out)."""
+    radius = int(np.floor(AROUND_HOLE_PX))
     yy, xx = np.mgrid[-radius : radius + 1, -radius : radius + 1]
     squared = (yy**2 + xx**2).astype(np.float64)
-    kernel = np.exp(-squared / (2 * AROUND_SCALE_PX**2))
-    kernel[squared <= AROUND_HOLE_PX**2] = 0.0
-    return kernel
+    return np.where(squared <= AROUND_HOLE_PX**2, np.exp(-squared / (2 * AROUND_SCALE_PX**2)), 0.0)
+
+
+def _around_sum(image: np.ndarray) -> np.ndarray:
+    """Σ of ``image`` with the Gaussian weights of scale :data:`AROUND_SCALE_PX` (1 at the centre, 0
+    outside the image) less those within :data:`AROUND_HOLE_PX` of the centre: a separable filter less
+    a 3×3 one, fast on a whole tile. ``image``: (..., y, x), filtered over its last two axes."""
+    radius = int(np.ceil(AROUND_TRUNCATE * AROUND_SCALE_PX))
+    norm = float(np.exp(-(np.arange(-radius, radius + 1) ** 2) / (2 * AROUND_SCALE_PX**2)).sum()) ** 2
+    sigma = (0.0,) * (image.ndim - 2) + (AROUND_SCALE_PX, AROUND_SCALE_PX)
+    core = _around_core().reshape((1,) * (image.ndim - 2) + _around_core().shape)
+    full = ndimage.gaussian_filter(image, sigma, mode="constant", truncate=AROUND_TRUNCATE) * np.float32(norm)
+    return np.asarray(full - ndimage.convolve(image, core, mode="constant"))
 
 
 def _guide_error_around(reflectance: np.ndarray, guide: np.ndarray, visible: np.ndarray) -> np.ndarray:
@@ -260,22 +274,24 @@ def _guide_error_around(reflectance: np.ndarray, guide: np.ndarray, visible: np.
     the pixel's own 3×3 neighbourhood left out, shrunk to 0 where little is visible): a date the guide
     gets wrong, or a field it gets wrong, shows on its visible part. Only the ``visible`` samples' values
     enter it, so a held-out or painted pixel's own truth never does."""
-    n_dates, n_bands = reflectance.shape[:2]
-    out = np.zeros(reflectance.shape, dtype=np.float64)
+    n_bands = reflectance.shape[1]
+    out = np.zeros(reflectance.shape, dtype=np.float32)
     if not visible.any():
         return out
-    log_error = np.log(np.abs(reflectance - guide).astype(np.float64) + FEATURE_EPS)
-    seen = np.broadcast_to(visible[:, None], log_error.shape)
-    centred = np.where(seen, log_error - np.array([log_error[:, b][visible].mean() for b in range(n_bands)])[
-        None, :, None, None], 0.0)  # fmt: skip
-    kernel = _around_kernel()
-    for date in range(n_dates):
-        if not visible[date].any():
-            continue
-        weight = ndimage.convolve(visible[date].astype(np.float64), kernel, mode="constant")
-        for b in range(n_bands):
-            total = ndimage.convolve(centred[date, b], kernel, mode="constant")
-            out[date, b] = total / (weight + AROUND_PRIOR)
+
+    def log_error(date: int | np.integer) -> np.ndarray:
+        return np.log(np.abs(reflectance[date] - guide[date]).astype(np.float32) + np.float32(FEATURE_EPS))
+
+    # The band's mean log error over every visible sample, date by date (a whole tile's float64 copy is
+    # gigabytes).
+    total, count = np.zeros(n_bands), int(visible.sum())
+    for date in np.flatnonzero(visible.any(axis=(1, 2))):
+        total += log_error(date)[:, visible[date]].sum(axis=1, dtype=np.float64)
+    mean = (total / count).astype(np.float32)[:, None, None]
+    for date in np.flatnonzero(visible.any(axis=(1, 2))):
+        centred = np.where(visible[date], log_error(date) - mean, np.float32(0.0))
+        weight = _around_sum(visible[date].astype(np.float32)[None])
+        out[date] = _around_sum(centred) / (weight + AROUND_PRIOR)
     return out
 
 
