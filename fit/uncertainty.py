@@ -20,14 +20,11 @@ features every (date, band, pixel) has (:data:`FEATURES`):
 
 Features are standardised, clipped to the range they were fitted on, and each stage is a ridge
 regression. ``exp(ŷ)`` is then made a standard deviation in the sense of ±1σ coverage by a per-band
-factor, the product of two 68.27 % quantiles: the *level*, that of ``|observation − guide| / exp(ŷ)``
-over every visible sample (all dates), and the fit's *gain* over its guide, that of ``|r| / exp(ŷ)``
-over the held-out samples divided by that of their guide's ``|observation − guide| / exp(ŷ)``. The
-held-out samples fall on a few dates (2–4 on a small tile), and a date's difficulty (how far the
-surface moved from its neighbours) dominates the error: alone they set every date's σ by those few
-dates. Without a guide (the prediction stands in for it, and its errors on the visible samples are
-training errors) the factor is the held-out one alone, the 68.27 % quantile of ``|r| / exp(ŷ)`` (the
-pooled one for a band with few), so that 68.27 % of them lie within 1σ.
+split-conformal factor: the 68.27 % quantile of ``|r| / exp(ŷ)`` over the band's held-out samples (the
+pooled one for a band with few), so that 68.27 % of them lie within 1σ. Only the held-out samples
+measure the output's own error whatever the guide: the guide's error on the visible samples does not
+(a guide that takes the date's own visible pixels, ``date_field``, errs 2–5 times less there than in a
+hole, so a level taken from them made σ far too narrow: docs/fit.md, "Uncertainty").
 
 Few held-out samples (a tiny tile): no regression, a per-band constant (the band's 68.27 % quantile of
 |r|), or one pooled constant when a band has too few. No held-out sample at all
@@ -148,11 +145,9 @@ class ErrorModel:
     ``guide``: log |error| of the guide alone, learned on every visible sample (all dates: how the
     interpolation's error grows with the gaps, the change it spans, the brightness, the date's haze,
     the guide's error around the pixel); ``fill``: how much the fit's log |error| on the held-out
-    samples differs from that (the guide's model is an offset); ``scale``: the level over every
-    visible sample times the fit's gain over its guide on the held-out ones (see the module).
+    samples differs from that (the guide's model is an offset); ``scale``: the split-conformal factor.
     ``kind``: "regression", "per-band constant" or "pooled constant"; ``samples``: held-out (pixel,
-    band) samples; ``coverage``: ±1σ coverage on them (0.6827 for the held-out factor alone, up to
-    quantile ties; with the visible level, what the held-out samples' own dates give).
+    band) samples; ``coverage``: ±1σ coverage on them (0.6827 up to quantile ties).
     """
 
     kind: str
@@ -328,14 +323,10 @@ def fit_error_model(
     if not held.any():
         return None
     n_bands = reflectance.shape[1]
-    # The guide's leave-one-out error on the visible samples is honest only for a real guide; without
-    # one (the prediction stands in), the visible samples' errors are the fit's own training errors.
-    honest_guide = guide is not None
     guide = prediction if guide is None else guide
     residual = np.abs(reflectance - np.clip(prediction, 0.0, 1.0)).transpose(0, 2, 3, 1)[held]  # (n, band)
     band = np.broadcast_to(np.arange(n_bands), residual.shape).ravel()
     residual = residual.ravel()
-    guide_residual = np.abs(reflectance - np.clip(guide, 0.0, 1.0)).transpose(0, 2, 3, 1)[held].ravel()
     n_weights = len(FILL_COLUMNS) + n_bands
     if residual.size < MIN_SAMPLES_PER_WEIGHT * n_weights:
         kind = "per-band constant" if (np.bincount(band, minlength=n_bands) >= MIN_BAND_SAMPLES).any() else (
@@ -373,7 +364,7 @@ def fit_error_model(
     x = np.concatenate(rows)
     if len(x) > MAX_SAMPLES:
         keep = np.sort(rng.choice(len(x), MAX_SAMPLES, replace=False))
-        x, residual, band, guide_residual = x[keep], residual[keep], band[keep], guide_residual[keep]
+        x, residual, band = x[keep], residual[keep], band[keep]
     guide_model = None
     if guide_rows and sum(len(e) for e in guide_error) >= MIN_SAMPLES_PER_WEIGHT * (
         len(GUIDE_COLUMNS) + n_bands
@@ -388,16 +379,6 @@ def fit_error_model(
     model = ErrorModel("regression", int(residual.size), np.ones(n_bands), guide_model, fill)
     relative = np.exp(np.clip(model.log_relative(x, band), -30.0, 30.0))
     scale = _scales(residual / relative, band, n_bands)
-    if honest_guide and guide_model is not None:
-        # The level from every visible sample (all dates), the fit's gain over its guide from the held-out
-        # ones: the held-out samples fall on a few dates (2-4 on a small tile), whose own difficulty would
-        # otherwise set every date's σ.
-        every = np.concatenate(guide_rows)
-        every_band = np.concatenate(guide_band)
-        every_relative = np.exp(np.clip(model.log_relative(every, every_band), -30.0, 30.0))
-        level = _scales(np.concatenate(guide_error) / every_relative, every_band, n_bands)
-        gain = scale / _scales(np.maximum(guide_residual, RESIDUAL_FLOOR) / relative, band, n_bands)
-        scale = np.maximum(level * gain, RESIDUAL_FLOOR)
     covered = float(np.mean(residual <= scale[band] * relative))
     ceiling = np.array(
         [residual[band == b].max() if (band == b).any() else residual.max() for b in range(n_bands)]

@@ -117,7 +117,7 @@ def test_error_model_falls_back_to_constants_and_to_none() -> None:
 
 def guided(hard: float, seed: int = 0) -> dict[str, np.ndarray]:
     """A guided fit that halves its guide's error, two whole dates held out; the guide errs ``hard``
-    times as much on the first of them as on every other date (a date harder than the rest)."""
+    times as much on the first of them as on every other date."""
     rng = np.random.default_rng(seed)
     n_dates, bands, size = 12, 3, 16
     truth = rng.uniform(0.2, 0.5, size=(n_dates, bands, size, size)).astype(np.float32)
@@ -130,23 +130,6 @@ def guided(hard: float, seed: int = 0) -> dict[str, np.ndarray]:
     held[[5, 8]] = True
     return {"truth": truth, "guide": guide, "prediction": prediction, "visible": ~held, "held": held,
             "days": np.arange(n_dates) * 5.0}  # fmt: skip
-
-
-def test_error_model_takes_its_level_from_every_date_and_the_fit_gain_from_the_held_out() -> None:
-    # The held-out samples fall on two dates, one eight times as hard as the rest: σ must still fit an
-    # ordinary date (the guide's error on every visible sample sets the level) at half the guide's error
-    # (what the held-out samples say the fit gains over its guide).
-    s = guided(hard=8.0)
-    model = fit_error_model(s["truth"], s["prediction"], s["guide"], s["visible"], s["held"], s["days"])
-    assert model is not None and model.kind == "regression"
-    fresh = guided(hard=1.0, seed=1)  # the same process where no date is harder than the others
-    sigma = predict_sigma(model, fresh["truth"], fresh["prediction"], fresh["guide"], fresh["visible"],
-                          fresh["days"])  # fmt: skip
-    pick = np.broadcast_to(fresh["held"][:, None], sigma.shape)
-    errors = np.abs(fresh["prediction"] - fresh["truth"])
-    assert 0.6 < float(np.mean(errors[pick] <= sigma[pick])) < 0.76
-    band_sigma = [float(np.median(sigma[:, b][fresh["held"]])) for b in range(3)]
-    assert band_sigma[2] > 2 * band_sigma[0]  # band 2 errs three times as much as band 0
 
 
 def test_sigma_reads_no_value_of_a_sample_that_is_not_visible() -> None:
