@@ -15,8 +15,9 @@ features every (date, band, pixel) has (:data:`FEATURES`):
    predicted with that share at 0, the error against a clean observation), how wrong the guide is on
    the visible pixels of the same date around the pixel (its own 3×3 neighbourhood left out; ~0 deep in
    a hole or on a date with nothing visible), and one intercept per band.
-2. The fit's error on the held-out samples relative to stage 1 (stage 1's output is an offset): one
-   intercept per band (:data:`FILL_COLUMNS`: no feature ranked there).
+2. The fit's error on the held-out samples relative to stage 1 (stage 1's output is an offset): the
+   network's correction ``|prediction − guide|``, the distance to the nearest visible pixel of the same
+   date (deep inside a cloud or at its edge), one intercept per band.
 
 Features are standardised, clipped to the range they were fitted on, and each stage is a ridge
 regression. ``exp(ŷ)`` is then made a standard deviation in the sense of ±1σ coverage by a per-band
@@ -77,11 +78,9 @@ UNTRUSTED = FEATURES.index("untrusted share of the date")
 AROUND = FEATURES.index("guide error around the pixel")
 #: The guide's error model's features (per pixel over time, and the date's error around the pixel).
 GUIDE_COLUMNS: tuple[int, ...] = (0, 1, 2, 4, 5, 7, UNTRUSTED, AROUND)
-#: The fill's features, relative to the guide's model: none. The network's correction and the distance
-#: to the nearest visible pixel were tried and dropped (2026-11-30, 12 oracle tuning cases × 3 seeds of
-#: the quality suite): on held-out samples that sit mostly on whole held-out dates they rank nothing
-#: and extrapolate to the painted holes (docs/fit.md, "Uncertainty"). Stage 2 is one intercept per band.
-FILL_COLUMNS: tuple[int, ...] = ()
+#: The fill's features, relative to the guide's model: the network's correction and the distance to the
+#: nearest visible pixel of the date (deep inside a cloud or at its edge).
+FILL_COLUMNS: tuple[int, ...] = (3, 6)
 #: "Guide error around the pixel": the leave-one-out guide's log error on the visible pixels of the same
 #: date, averaged with Gaussian weights of this scale (px) ...
 AROUND_SCALE_PX = 3.0
