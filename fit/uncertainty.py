@@ -12,7 +12,9 @@ features every (date, band, pixel) has (:data:`FEATURES`):
    the interpolation is one-sided, how much the pixel's neighbouring observations differ (the change
    the interpolation spans), the guide's brightness and local spatial spread, the share of the date the
    masks distrust (a partly cloudy date's "truth" carries the masks' misses, haze at cloud edges; σ is
-   predicted with that share at 0, the error against a clean observation), and one intercept per band.
+   predicted with that share at 0, the error against a clean observation), how wrong the guide is on
+   the visible pixels of the same date around the pixel (its own 3×3 neighbourhood left out; ~0 deep in
+   a hole or on a date with nothing visible), and one intercept per band.
 2. The fit's error on the held-out samples relative to stage 1 (stage 1's output is an offset): the
    network's correction ``|prediction − guide|``, the distance to the nearest visible pixel of the same
    date (deep inside a cloud or at its edge), one intercept per band.
@@ -20,7 +22,10 @@ features every (date, band, pixel) has (:data:`FEATURES`):
 Features are standardised, clipped to the range they were fitted on, and each stage is a ridge
 regression. ``exp(ŷ)`` is then made a standard deviation in the sense of ±1σ coverage by a per-band
 split-conformal factor: the 68.27 % quantile of ``|r| / exp(ŷ)`` over the band's held-out samples (the
-pooled one for a band with few), so that 68.27 % of them lie within 1σ.
+pooled one for a band with few), so that 68.27 % of them lie within 1σ. Only the held-out samples
+measure the output's own error whatever the guide: the guide's error on the visible samples does not
+(a guide that takes the date's own visible pixels, ``date_field``, errs 2–5 times less there than in a
+hole, so a level taken from them made σ far too narrow: docs/fit.md, "Uncertainty").
 
 Few held-out samples (a tiny tile): no regression, a per-band constant (the band's 68.27 % quantile of
 |r|), or one pooled constant when a band has too few. No held-out sample at all
@@ -65,12 +70,26 @@ FEATURES: tuple[str, ...] = (
     "log1p(distance to visible px)",
     "log local std of guide",
     "untrusted share of the date",
+    "guide error around the pixel",
 )
 #: Column of the untrusted share in FEATURES.
 UNTRUSTED = FEATURES.index("untrusted share of the date")
-#: The guide's error model's features (per pixel over time) and the fill's (the network, the hole).
-GUIDE_COLUMNS: tuple[int, ...] = (0, 1, 2, 4, 5, 7, UNTRUSTED)
+#: Column of the guide's error around the pixel in FEATURES.
+AROUND = FEATURES.index("guide error around the pixel")
+#: The guide's error model's features (per pixel over time, and the date's error around the pixel).
+GUIDE_COLUMNS: tuple[int, ...] = (0, 1, 2, 4, 5, 7, UNTRUSTED, AROUND)
+#: The fill's features, relative to the guide's model: the network's correction and the distance to the
+#: nearest visible pixel of the date (deep inside a cloud or at its edge).
 FILL_COLUMNS: tuple[int, ...] = (3, 6)
+#: "Guide error around the pixel": the leave-one-out guide's log error on the visible pixels of the same
+#: date, averaged with Gaussian weights of this scale (px) ...
+AROUND_SCALE_PX = 3.0
+#: ... leaving out the pixel and its 8 neighbours (within this radius, px): the visible samples the guide
+#: model learns from would otherwise see their own error in it, where a hole pixel sees only its edge ...
+AROUND_HOLE_PX = 1.5
+#: ... and shrunk towards the tile's mean (0) by this prior weight (in the kernel's weight units, the
+#: centre pixel's weight being 1): deep inside a hole or on a date with nothing visible it is ~0.
+AROUND_PRIOR = 2.0
 #: Fewer held-out (pixel, band) samples than this per regression weight: a per-band constant instead.
 MIN_SAMPLES_PER_WEIGHT = 20
 #: Fewer held-out samples of a band than this: that band takes the pooled factor / constant.
@@ -123,9 +142,9 @@ class ErrorModel:
     """σ = scale[band] · exp(guide(features) + fill(features)) — or σ = scale[band] without ``fill``.
 
     ``guide``: log |error| of the guide alone, learned on every visible sample (all dates: how the
-    interpolation's error grows with the gaps, the change it spans, the brightness, the date's haze);
-    ``fill``: how much the fit's log |error| on the held-out samples differs from that (the guide's
-    model is an offset), from the network's correction and the distance to the nearest visible pixel.
+    interpolation's error grows with the gaps, the change it spans, the brightness, the date's haze,
+    the guide's error around the pixel); ``fill``: how much the fit's log |error| on the held-out
+    samples differs from that (the guide's model is an offset); ``scale``: the split-conformal factor.
     ``kind``: "regression", "per-band constant" or "pooled constant"; ``samples``: held-out (pixel,
     band) samples; ``coverage``: ±1σ coverage on them (0.6827 up to quantile ties).
     """
@@ -194,11 +213,19 @@ def _date_features(
 class _Context:
     """What every date's features need from the whole series, computed once."""
 
-    def __init__(self, visible: np.ndarray, days: np.ndarray, untrusted: np.ndarray | None = None) -> None:
+    def __init__(
+        self,
+        reflectance: np.ndarray,
+        guide: np.ndarray,
+        visible: np.ndarray,
+        days: np.ndarray,
+        untrusted: np.ndarray | None = None,
+    ) -> None:
         self.visible = visible
         self.untrusted = np.zeros(len(visible)) if untrusted is None else untrusted
         self.gaps = observation_gaps(visible, days, leave_one_out=True)
         self.prev, self.nxt = _neighbours(visible, exclude_self=True)
+        self.around = _guide_error_around(reflectance, guide, visible)
 
     def features(
         self, reflectance: np.ndarray, prediction: np.ndarray, guide: np.ndarray, date: int
@@ -207,7 +234,59 @@ class _Context:
             reflectance, prediction, guide, self.visible, self.gaps, self.prev, self.nxt, date
         )
         columns[..., UNTRUSTED] = self.untrusted[date]
+        columns[..., AROUND] = self.around[date]
         return columns
+
+
+#: The Gaussian's window reaches this many scales (px) from the centre.
+AROUND_TRUNCATE = 3.0
+
+
+def _around_core() -> np.ndarray:
+    """The Gaussian's weights within :data:`AROUND_HOLE_PX` of the centre (the part left out)."""
+    radius = int(np.floor(AROUND_HOLE_PX))
+    yy, xx = np.mgrid[-radius : radius + 1, -radius : radius + 1]
+    squared = (yy**2 + xx**2).astype(np.float64)
+    return np.where(squared <= AROUND_HOLE_PX**2, np.exp(-squared / (2 * AROUND_SCALE_PX**2)), 0.0)
+
+
+def _around_sum(image: np.ndarray) -> np.ndarray:
+    """Σ of ``image`` with the Gaussian weights of scale :data:`AROUND_SCALE_PX` (1 at the centre, 0
+    outside the image) less those within :data:`AROUND_HOLE_PX` of the centre: a separable filter less
+    a 3×3 one, fast on a whole tile. ``image``: (..., y, x), filtered over its last two axes."""
+    radius = int(np.ceil(AROUND_TRUNCATE * AROUND_SCALE_PX))
+    norm = float(np.exp(-(np.arange(-radius, radius + 1) ** 2) / (2 * AROUND_SCALE_PX**2)).sum()) ** 2
+    sigma = (0.0,) * (image.ndim - 2) + (AROUND_SCALE_PX, AROUND_SCALE_PX)
+    core = _around_core().reshape((1,) * (image.ndim - 2) + _around_core().shape)
+    full = ndimage.gaussian_filter(image, sigma, mode="constant", truncate=AROUND_TRUNCATE) * np.float32(norm)
+    return np.asarray(full - ndimage.convolve(image, core, mode="constant"))
+
+
+def _guide_error_around(reflectance: np.ndarray, guide: np.ndarray, visible: np.ndarray) -> np.ndarray:
+    """(time, band, y, x): how wrong the leave-one-out guide is on the visible pixels of the same date
+    around each pixel (its log error less the band's mean over every visible sample, Gaussian-weighted,
+    the pixel's own 3×3 neighbourhood left out, shrunk to 0 where little is visible): a date the guide
+    gets wrong, or a field it gets wrong, shows on its visible part. Only the ``visible`` samples' values
+    enter it, so a held-out or painted pixel's own truth never does."""
+    n_bands = reflectance.shape[1]
+    out = np.zeros(reflectance.shape, dtype=np.float32)
+    if not visible.any():
+        return out
+
+    def log_error(date: int | np.integer) -> np.ndarray:
+        return np.log(np.abs(reflectance[date] - guide[date]).astype(np.float32) + np.float32(FEATURE_EPS))
+
+    # The band's mean log error over every visible sample, date by date (a whole tile's float64 copy is
+    # gigabytes).
+    total, count = np.zeros(n_bands), int(visible.sum())
+    for date in np.flatnonzero(visible.any(axis=(1, 2))):
+        total += log_error(date)[:, visible[date]].sum(axis=1, dtype=np.float64)
+    mean = (total / count).astype(np.float32)[:, None, None]
+    for date in np.flatnonzero(visible.any(axis=(1, 2))):
+        centred = np.where(visible[date], log_error(date) - mean, np.float32(0.0))
+        weight = _around_sum(visible[date].astype(np.float32)[None])
+        out[date] = _around_sum(centred) / (weight + AROUND_PRIOR)
+    return out
 
 
 def _quantile(values: np.ndarray) -> float:
@@ -261,7 +340,7 @@ def fit_error_model(
     has_data = (reflectance > 0).any(axis=1)
     trusted = visible | held
     untrusted = 1.0 - trusted.sum(axis=(1, 2)) / np.maximum(has_data.sum(axis=(1, 2)), 1)
-    context = _Context(visible, days, np.clip(untrusted, 0.0, 1.0))
+    context = _Context(reflectance, guide, visible, days, np.clip(untrusted, 0.0, 1.0))
     rng = np.random.default_rng([seed, SAMPLE_STREAM])
     rows, guide_rows, guide_error, guide_band = [], [], [], []
     per_date = max(1, MAX_SAMPLES // max(1, len(visible) * n_bands))
@@ -322,7 +401,7 @@ def predict_sigma(
     if model.fill is None:
         return np.broadcast_to(model.scale.astype(np.float32).reshape(1, -1, 1, 1), prediction.shape).copy()
     guide = prediction if guide is None else guide
-    context = _Context(visible, days)
+    context = _Context(reflectance, guide, visible, days)
     sigma = np.empty(prediction.shape, dtype=np.float32)
     for date in range(n_dates):
         columns = context.features(reflectance, prediction, guide, date)

@@ -115,6 +115,37 @@ def test_error_model_falls_back_to_constants_and_to_none() -> None:
     )
 
 
+def guided(hard: float, seed: int = 0) -> dict[str, np.ndarray]:
+    """A guided fit that halves its guide's error, two whole dates held out; the guide errs ``hard``
+    times as much on the first of them as on every other date."""
+    rng = np.random.default_rng(seed)
+    n_dates, bands, size = 12, 3, 16
+    truth = rng.uniform(0.2, 0.5, size=(n_dates, bands, size, size)).astype(np.float32)
+    difficulty = np.ones(n_dates)
+    difficulty[5] = hard
+    scale = 0.004 * (1 + np.arange(bands))[None, :, None, None] * difficulty[:, None, None, None]
+    guide = (truth + rng.standard_normal(truth.shape) * scale).astype(np.float32)
+    prediction = (truth + 0.5 * (guide - truth)).astype(np.float32)
+    held = np.zeros((n_dates, size, size), dtype=bool)
+    held[[5, 8]] = True
+    return {"truth": truth, "guide": guide, "prediction": prediction, "visible": ~held, "held": held,
+            "days": np.arange(n_dates) * 5.0}  # fmt: skip
+
+
+def test_sigma_reads_no_value_of_a_sample_that_is_not_visible() -> None:
+    # What σ is predicted from (gaps, neighbouring observations, the guide's error around the pixel)
+    # comes from the visible samples only: scrambling every other sample's value changes nothing.
+    s = guided(hard=1.0)
+    model = fit_error_model(s["truth"], s["prediction"], s["guide"], s["visible"], s["held"], s["days"])
+    assert model is not None
+    sigma = predict_sigma(model, s["truth"], s["prediction"], s["guide"], s["visible"], s["days"])
+    scrambled = s["truth"].copy()
+    hidden = np.broadcast_to(~s["visible"][:, None], scrambled.shape)
+    scrambled[hidden] = np.random.default_rng(7).uniform(0.0, 1.0, int(hidden.sum()))
+    again = predict_sigma(model, scrambled, s["prediction"], s["guide"], s["visible"], s["days"])
+    assert np.array_equal(sigma, again)
+
+
 def test_propagate_zero_where_kept_and_scaled_where_feathered() -> None:
     kept = np.zeros((1, 9, 9), bool)
     kept[0, :, :5] = True
