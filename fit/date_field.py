@@ -15,8 +15,9 @@ guide is still a prediction made as if that pixel were hidden, as the fit's leav
 requires. A date with no visible pixel (fully clouded, or held out whole) gets no field: its guide is
 the interpolation in time alone.
 
-Measured on the quality suite's partly painted cases (docs/fit.md, "The same-date field"): +0.5 to +3.3 dB
-painted-region PSNR over linear interpolation with the same refined masks.
+Measured on the quality suite's partly painted cases (docs/fit.md, "Suite: `fast` with the same-date
+field"): +0.1 to +3.2 dB painted-region PSNR over linear interpolation with the same refined masks (the
+guide alone, before any network).
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from scipy import ndimage
 from torch.nn import functional
 
 #: Gaussian scale of the local residual field, in pixels: chosen on the quality suite's six partly painted
-#: tuning cases (1.5 px: mean +2.18 dB over linear interpolation there; 2 px +2.09; 3 px +1.63; 8 px +1.24).
+#: tuning cases (guide alone, mean over linear interpolation: 1 px +2.10 dB, 1.5 px +2.16, 2 px +1.99,
+#: 3 px +1.63; docs/fit.md, "Suite: `fast` with the same-date field").
 DATE_FIELD_PX = 1.5
 #: The Gaussian is cut at this many scales (scipy's ``truncate``): 1.5 px -> a 13×13 px kernel.
 DATE_FIELD_TRUNCATE = 4.0
