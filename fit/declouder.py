@@ -540,15 +540,18 @@ def decloud(
     # The same-date field's share per band, as far as it helps on the held-out pixels (set below).
     date_factor = np.ones((1, n_bands, 1, 1), dtype=np.float32)
 
-    fields: dict[bytes, np.ndarray] = {}
+    # The last field computed, by its visible set: the same set comes back in a row (the factor's check,
+    # the training's input, the shrink's guide), ~5 CPU s a full tile each; one entry only, since a
+    # full tile's field is ~350 MB and a new hidden set every pass would otherwise pile them up.
+    last_field: dict[bytes, np.ndarray] = {}
     blue = list(bands).index(BLUE_BAND) if BLUE_BAND in bands else None
 
     def date_field(guide: np.ndarray, visible: np.ndarray) -> np.ndarray:
-        # The same visible set comes back (the factor's check, then the shrink's): ~5 CPU s a full tile.
         key = hashlib.blake2b(np.packbits(visible).tobytes(), digest_size=16).digest()
-        if key not in fields:
-            fields[key] = date_residual_field(reflectance, guide, visible, blue=blue, device=torch_device)
-        return fields[key]
+        if key not in last_field:
+            last_field.clear()
+            last_field[key] = date_residual_field(reflectance, guide, visible, blue=blue, device=torch_device)
+        return last_field[key]
 
     def assemble(visible: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """The network's input and the guide when only ``visible`` samples are known."""
