@@ -12,8 +12,10 @@ Visible pixels whose blue residual is a bright outlier of their date (haze and t
 missed) are left out of it. Every pixel's field is computed *without its own residual* (the kernel's
 centre weight is removed and its own sample left out of the mean), so on a visible pixel the corrected
 guide is still a prediction made as if that pixel were hidden, as the fit's leave-one-out guide
-requires. A date with no visible pixel (fully clouded, or held out whole) gets no field: its guide is
-the interpolation in time alone.
+requires. (The haze test's threshold, the date's median and MAD of the blue residual, is taken over all
+its visible pixels, the pixel's own one of them; only visible values ever enter, never a hidden one.)
+A date with no visible pixel (fully clouded, or held out whole) gets no field: its guide is the
+interpolation in time alone.
 
 Measured on the quality suite's partly painted cases (docs/fit.md, "Suite: `fast` with the same-date
 field"): +0.1 to +3.2 dB painted-region PSNR over linear interpolation with the same refined masks (the
@@ -84,7 +86,8 @@ def _blur_torch(planes: np.ndarray, scale_px: float, device: torch.device) -> np
 
 def _centre_weight(scale_px: float) -> float:
     """The 2-D Gaussian kernel's weight at its own centre (what one pixel gives itself)."""
-    return float(_kernel(scale_px)[len(_kernel(scale_px)) // 2] ** 2)
+    taps = _kernel(scale_px)
+    return float(taps[len(taps) // 2] ** 2)
 
 
 def _hazy(residual: np.ndarray, seen: np.ndarray) -> np.ndarray:

@@ -257,7 +257,8 @@ def _around_sum(image: np.ndarray) -> np.ndarray:
     radius = int(np.ceil(AROUND_TRUNCATE * AROUND_SCALE_PX))
     norm = float(np.exp(-(np.arange(-radius, radius + 1) ** 2) / (2 * AROUND_SCALE_PX**2)).sum()) ** 2
     sigma = (0.0,) * (image.ndim - 2) + (AROUND_SCALE_PX, AROUND_SCALE_PX)
-    core = _around_core().reshape((1,) * (image.ndim - 2) + _around_core().shape)
+    core = _around_core()
+    core = core.reshape((1,) * (image.ndim - 2) + core.shape)
     full = ndimage.gaussian_filter(image, sigma, mode="constant", truncate=AROUND_TRUNCATE) * np.float32(norm)
     return np.asarray(full - ndimage.convolve(image, core, mode="constant"))
 
