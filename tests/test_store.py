@@ -15,7 +15,9 @@ from tiler.store import (
     MaskClass,
     make_tile,
     open_tile,
+    open_tile_group,
     tile_status,
+    tile_times,
     validate_tile,
     write_tile,
 )
@@ -102,6 +104,45 @@ def test_existing_output_refused_unless_overwrite(tmp_path: Path) -> None:
 def test_missing_store_names_the_fix(tmp_path: Path) -> None:
     with pytest.raises(TileStoreError, match="declouder ingest"):
         open_tile(str(tmp_path / "nope.zarr"))
+
+
+def test_tile_group_reads_what_the_dataset_reads(worldcereal_tile: Path) -> None:
+    ds = open_tile(str(worldcereal_tile))
+    group = open_tile_group(str(worldcereal_tile), require=["s2", "mask"])
+    np.testing.assert_array_equal(tile_times(group), ds["time"].values)
+    np.testing.assert_array_equal(group["x"][:], ds["x"].values)
+    np.testing.assert_array_equal(group["s2"][2], ds["s2"].values[2])
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda ds: ds.drop_vars("mask"), "variable 'mask' is missing"),
+        (
+            lambda ds: ds.assign(s2=ds.s2.astype("float32")),
+            "expected \\('time', 'band', 'y', 'x'\\) and uint16",
+        ),
+        (lambda ds: ds.assign(mask=ds.mask.transpose("y", "time", "x")), "variable 'mask' has dims \\('y'"),
+    ],
+)
+def test_tile_group_refuses_what_open_tile_refuses(mutate, message: str, tmp_path: Path) -> None:
+    url = str(tmp_path / "bad.zarr")
+    mutate(small_tile()).to_zarr(url, zarr_format=3)
+    with pytest.raises(TileSchemaError, match=message) as err:
+        open_tile_group(url, require=["s2", "mask"], name="t1")
+    assert "tile 't1'" in str(err.value)
+    with pytest.raises(TileSchemaError):
+        open_tile(url, require=["s2", "mask"], name="t1")
+
+
+def test_tile_group_refuses_unfinished_and_missing_stores(tmp_path: Path) -> None:
+    url = str(tmp_path / "t.zarr")
+    write_tile(small_tile(), url)
+    zarr.open_group(url, mode="r+").attrs[STATUS_ATTR] = "writing"
+    with pytest.raises(TileIncompleteError, match="incomplete"):
+        open_tile_group(url)
+    with pytest.raises(TileStoreError, match="declouder ingest"):
+        open_tile_group(str(tmp_path / "nope.zarr"))
 
 
 def test_mask_classes_follow_design() -> None:

@@ -75,6 +75,7 @@ from tiler.errors import (
     MosaicIncompleteError,
     OutputExistsError,
     TileMismatchError,
+    TileSchemaError,
 )
 from tiler.grid import DEFAULT_OVERLAP, DEFAULT_RESOLUTION, DEFAULT_TILE_SIZE, TileRef
 from tiler.object_store import with_retries
@@ -92,7 +93,9 @@ from tiler.store import (
     MaskClass,
     georeference,
     open_tile,
+    open_tile_group,
     tile_status,
+    tile_times,
     zarr_array,
     zarr_store,
 )
@@ -340,22 +343,32 @@ class FittedTile:
 
 def read_fitted_tile(tile: TileRef, url: str, *, storage_options: StorageOptions = None) -> FittedTile:
     """Open a fitted tile's metadata and check it can be placed on the grid; refuse it with a reason."""
+    return _open_fitted(tile, url, storage_options)[0]
+
+
+def _open_fitted(tile: TileRef, url: str, storage_options: StorageOptions) -> tuple[FittedTile, zarr.Group]:
+    """:func:`read_fitted_tile`, and the store's group for reading its arrays (opened once)."""
     name = tile.tile_id
-    ds = open_tile(url, storage_options=storage_options, require=[DECLOUDED], name=name)
-    epsg = int(ds.attrs["epsg"]) if "epsg" in ds.attrs else ds.rio.crs.to_epsg()
+    group = open_tile_group(url, storage_options=storage_options, require=[DECLOUDED], name=name)
+    epsg = _group_epsg(group)
+    if epsg is None:
+        raise TileSchemaError(
+            f"tile {name!r}: its store {url!r} has no CRS: add a 'spatial_ref' coordinate (rioxarray "
+            ".rio.write_crs) or an 'epsg' attribute (tile schema: DESIGN.md, 'The tile store')"
+        )
     if epsg != tile.epsg:
         raise TileMismatchError(
             f"tile {name!r}: its store {url!r} is in EPSG:{epsg}, but the id places it in UTM zone "
             f"EPSG:{tile.epsg}; mosaic it with the tiles of its own zone"
         )
-    days = ds["time"].values.astype("datetime64[D]")
+    days = tile_times(group).astype("datetime64[D]")
     if np.unique(days).size != days.size:
         raise TileMismatchError(
             f"tile {name!r}: several dates on one day ({_duplicate_days(days)}); the mosaic's time axis is "
             "by UTC day: merge same-day acquisitions into one date (ingest does) and fit again"
         )
-    x = ds["x"].values.astype(np.float64)
-    y = ds["y"].values.astype(np.float64)
+    x = np.asarray(zarr_array(group, "x")[:], dtype=np.float64)
+    y = np.asarray(zarr_array(group, "y")[:], dtype=np.float64)
     res = tile.resolution
     minx, _, _, maxy = tile.bounds
     col_offset = (x[0] - res / 2 - minx) / res
@@ -384,15 +397,30 @@ def read_fitted_tile(tile: TileRef, url: str, *, storage_options: StorageOptions
     return FittedTile(
         tile=tile,
         url=url,
-        bands=tuple(str(b) for b in ds["band"].values),
+        bands=tuple(str(b) for b in np.asarray(zarr_array(group, "band")[:])),
         days=tuple(int(d) for d in days.astype(np.int64)),
         row_offset=round(row_offset),
         col_offset=round(col_offset),
         height=int(y.size),
         width=int(x.size),
-        mask_variable=MASK_REFINED if MASK_REFINED in ds else MASK,
-        has_sigma=DECLOUDED_SIGMA in ds,
-    )
+        mask_variable=MASK_REFINED if MASK_REFINED in group else MASK,
+        has_sigma=DECLOUDED_SIGMA in group,
+    ), group
+
+
+def _group_epsg(group: zarr.Group) -> int | None:
+    """The EPSG code of a tile store: its ``epsg`` attribute, else its ``spatial_ref``'s CRS."""
+    if "epsg" in group.attrs:
+        return int(cast(int, group.attrs["epsg"]))
+    if "spatial_ref" not in group:
+        return None
+    wkt = zarr_array(group, "spatial_ref").attrs.get("crs_wkt")
+    if not wkt:
+        return None
+    from pyproj import CRS
+
+    code = CRS.from_wkt(str(wkt)).to_epsg()
+    return None if code is None else int(code)
 
 
 def _duplicate_days(days: np.ndarray) -> str:
@@ -1401,7 +1429,7 @@ def _contributors(
     contributors = []
     for (col, row), (_, url) in sorted(by_place.items()):
         tile = grid.tile(col, row)
-        fitted = read_fitted_tile(tile, url, storage_options=storage_options)
+        fitted, group = _open_fitted(tile, url, storage_options)
         if fitted.bands != info.bands:
             raise TileMismatchError(
                 f"tile {tile.tile_id!r}: bands {list(fitted.bands)} differ from the mosaic's "
@@ -1433,7 +1461,7 @@ def _contributors(
                 src_rows=src_rows,
                 src_cols=src_cols,
                 weights=weights,
-                group=zarr.open_group(zarr_store(url, storage_options), mode="r"),
+                group=group,
             )
         )
     return contributors
