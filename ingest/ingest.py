@@ -13,7 +13,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -27,8 +27,9 @@ from ingest.load import Grid, Retry, S2Stack, load_s1_passes, load_s2_days
 from ingest.masks import SCL_SNOW, dilate, fallback_mask, refine_bright, scl_to_mask
 from ingest.pairing import Pairing, S1Acquisition, group_acquisitions, pair_s1, solar_day
 from ingest.search import ItemSource, item_time, open_source
+from ingest.write import TileWriter
 from tiler.errors import OutputExistsError
-from tiler.store import POLARIZATIONS, MaskClass, make_tile, tile_status, write_tile
+from tiler.store import MASK, POLARIZATIONS, S1, S2, MaskClass, make_tile, tile_status
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +148,7 @@ def ingest_tile(
     """
     started = time.perf_counter()
     notify = _serialized(progress)
-    _refuse_early(tile, out_url, storage_options, overwrite)
+    status = _refuse_early(tile, out_url, storage_options, overwrite)
     report = _Report()
     grid = Grid.of(tile)
     bbox = lonlat_bounds(tile)
@@ -169,22 +170,16 @@ def ingest_tile(
     days, stack = _read_s2(tile, days, grid, profile, config, reads, report, notify)
     times = np.array([_day_time(day) for day in days], dtype="datetime64[ns]")
     pairing = pair_s1(times, acquisitions, window_days=config.s1_window_days, orbit=config.s1_orbit)
-    # S1 is read (its own reader threads) while the masks are computed here: neither needs the other.
-    with ThreadPoolExecutor(max_workers=1) as s1_reader:
-        s1_future = s1_reader.submit(
-            _read_s1, pairing, acquisitions, grid, s1_profile, config, report, notify, reads
-        )
-        mask = _masks(stack, config)
-        notify(ProgressEvent("masks", 1, 1, f"{len(days)} dates"))
-        s1, pairing = s1_future.result()
-    s2 = stack.reflectance
-    _warn_without_s1(tile, pairing, acquisitions, s1_source, s1_collection, config, report)
-
-    notify(ProgressEvent("write", 0, 1, out_url))
-    ds = make_tile(
-        s2=s2,
-        s1=s1,
-        mask=mask,
+    writer = TileWriter(out_url, storage_options=storage_options, existing=status, name=tile.tile_id)
+    # The store is written while the rest runs (one writer thread, calls in order), but a store that is
+    # complete (or built outside declouder) is replaced only once the whole tile is in memory, so an
+    # ingest that fails leaves it as it was.
+    early = status in ("missing", "writing")
+    skeleton = make_tile(
+        s2=stack.reflectance,
+        # Placeholders (views, no memory): only their shapes and dtypes are used by begin().
+        s1=np.broadcast_to(np.float32(np.nan), (times.size, len(POLARIZATIONS), *grid.shape)),
+        mask=np.broadcast_to(np.uint8(MaskClass.NODATA), (times.size, *grid.shape)),
         time=times,
         s1_time=pairing.s1_time,
         bands=config.bands,
@@ -193,9 +188,56 @@ def ingest_tile(
         epsg=grid.epsg,
         tile_id=tile.tile_id,
         item_ids=[",".join(i.id for i in day) for day in days],
-        attrs=_attrs(config, profile, s1_collection, pairing, acquisitions, days),
     )
-    write_tile(ds, out_url, overwrite=overwrite, storage_options=storage_options, name=tile.tile_id)
+    writes: list[Future[Any]] = []
+    with (
+        ThreadPoolExecutor(max_workers=1) as s1_reader,
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="tile-writer") as write_thread,
+    ):
+
+        def start_writing() -> None:
+            notify(ProgressEvent("write", 0, 1, out_url))
+            writes.append(write_thread.submit(writer.begin, skeleton))
+            writes.append(write_thread.submit(writer.write, S2, stack.reflectance))
+
+        try:
+            # S1 is read (its own reader threads) while the masks are computed here: neither needs the
+            # other.
+            s1_future = s1_reader.submit(
+                _read_s1, pairing, acquisitions, grid, s1_profile, config, report, notify, reads
+            )
+            # With SCL masks, s2 is final as read (the fallback mask zeroes incomplete pixels later).
+            if early and config.cloud_mask == "scl":
+                start_writing()
+            mask = _masks(stack, config)
+            notify(ProgressEvent("masks", 1, 1, f"{len(days)} dates"))
+            if early and config.cloud_mask != "scl":
+                start_writing()
+            if early:
+                writes.append(write_thread.submit(writer.write, MASK, mask))
+            s1, pairing = s1_future.result()
+            if not early:
+                start_writing()
+                writes.append(write_thread.submit(writer.write, MASK, mask))
+            writes.append(write_thread.submit(writer.write, S1, s1))
+            _warn_without_s1(tile, pairing, acquisitions, s1_source, s1_collection, config, report)
+            attrs = {
+                **skeleton.attrs,
+                **_attrs(config, profile, s1_collection, pairing, acquisitions, days),
+            }
+            writes.append(write_thread.submit(writer.complete, pairing.s1_time, attrs))
+            for done in writes:
+                done.result()
+        except BaseException:
+            for pending in writes:
+                pending.cancel()
+            wait(writes)
+            # A read or mask that failed after the write started: remove what was started (nothing is
+            # written, as when it fails before). A failed write leaves its store as write_tile's does:
+            # marked writing, so it never reads as complete.
+            if not any(f.done() and not f.cancelled() and f.exception() is not None for f in writes):
+                writer.abandon()
+            raise
     notify(ProgressEvent("write", 1, 1, out_url))
     return IngestSummary(
         tile_id=tile.tile_id,
@@ -226,8 +268,8 @@ def _serialized(progress: ProgressCallback | None) -> ProgressCallback:
 
 def _refuse_early(
     tile: TileTarget, out_url: str, storage_options: Mapping[str, Any] | None, overwrite: bool
-) -> None:
-    """Bad bounds and an existing output are refused before any request."""
+) -> str:
+    """Bad bounds and an existing output are refused before any request; the output's status."""
     validate_target(tile)
     status = tile_status(out_url, storage_options)
     if status != "missing" and not overwrite:
@@ -235,6 +277,7 @@ def _refuse_early(
             f"tile {tile.tile_id!r}: output {out_url!r} already exists ({status}); pass overwrite=True "
             "(CLI: --overwrite) to replace it"
         )
+    return status
 
 
 def _search_s2(

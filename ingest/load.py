@@ -563,7 +563,7 @@ def load_s2_days(
                     scl[k] = first_valid(scl_items[:, None], item_valid)[0]
             # A pixel has data when every band is > 0, i.e. its smallest band is (uint16: nonzero).
             np.greater(reflectance[k].min(axis=0), 0, out=valid[k])
-            if zero_incomplete:
+            if zero_incomplete and not valid[k].all():  # a date complete everywhere has nothing to zero
                 np.multiply(reflectance[k], valid[k], out=reflectance[k])
         if on_batch is not None:
             on_batch(b + 1, len(batches))

@@ -139,13 +139,47 @@ def refine_bright(
 def clear_median(values: np.ndarray, clear: np.ndarray) -> np.ndarray:
     """Per-pixel median over time of uint16 ``values`` where ``clear`` (NaN where never clear).
 
-    Same result as ``np.nanmedian`` on floats, by one integer sort: ~10× faster on a 30-date tile.
+    Same result as ``np.nanmedian`` on floats: the dates not clear are set to the largest uint16, the
+    series sorted per pixel by a sorting network over whole (y, x) planes, the middle one or two taken.
     """
     n = clear.sum(axis=0)
-    ordered = np.sort(np.where(clear, values, np.iinfo(np.uint16).max), axis=0)
+    ordered = np.where(clear, values, np.iinfo(np.uint16).max)
+    _sort_planes(ordered)
     low = np.take_along_axis(ordered, np.maximum((n - 1) // 2, 0)[None], axis=0)[0].astype(np.float64)
     high = np.take_along_axis(ordered, np.maximum(n // 2, 0)[None], axis=0)[0].astype(np.float64)
     return np.where(n > 0, (low + high) / 2, np.nan)
+
+
+def _network(n: int) -> list[tuple[int, int]]:
+    """Batcher's odd-even merge sort network for ``n`` elements: (i, j) pairs, i < j, to order in turn
+    (Knuth, TAOCP vol. 3, 5.3.4, algorithm M; any ``n``)."""
+    pairs = []
+    p = 1
+    while p < n:
+        k = p
+        while k >= 1:
+            for j in range(k % p, n - k, 2 * k):
+                for i in range(min(k, n - j - k)):
+                    if (i + j) // (2 * p) == (i + j + k) // (2 * p):
+                        pairs.append((i + j, i + j + k))
+            k //= 2
+        p *= 2
+    return pairs
+
+
+def _sort_planes(values: np.ndarray) -> None:
+    """``values.sort(axis=0)`` in place, by compare-exchanges of whole planes (contiguous minimum and
+    maximum).
+
+    ``np.sort`` along the first axis sorts each pixel's short series with strided access: for 10
+    dates of 384×768 px it took 29 ms here against 2 ms for the network (55 against 11–16 ms for 30
+    dates; docs/ingest.md).
+    """
+    scratch = np.empty_like(values[0])
+    for i, j in _network(values.shape[0]):
+        np.minimum(values[i], values[j], out=scratch)
+        np.maximum(values[i], values[j], out=values[j])
+        values[i] = scratch
 
 
 def _rescale(x: np.ndarray, limits: tuple[float, float]) -> np.ndarray:

@@ -23,7 +23,15 @@ from ingest.catalogs import (
 from ingest.config import IngestConfig, TileBox, lonlat_bounds
 from ingest.errors import CatalogError, CatalogMismatchError, IngestConfigError
 from ingest.load import first_valid, remove_boa_offset, remove_boa_offset_inplace, to_db
-from ingest.masks import SCL_TO_MASK, clear_median, dilate, fallback_mask, refine_bright, scl_to_mask
+from ingest.masks import (
+    SCL_TO_MASK,
+    _sort_planes,
+    clear_median,
+    dilate,
+    fallback_mask,
+    refine_bright,
+    scl_to_mask,
+)
 from ingest.pairing import group_acquisitions, pair_s1
 from ingest.sample import SAMPLE_DIR, build_item, load_site, sample_items
 from ingest.search import ItemCollectionSource
@@ -428,6 +436,22 @@ def test_clear_median_equals_nanmedian() -> None:
     clear[:, 0, 0] = False  # a pixel never clear
     expected = np.nanmedian(np.where(clear, values.astype(np.float64), np.nan), axis=0)
     np.testing.assert_array_equal(clear_median(values, clear), expected)
+
+
+def test_plane_sort_equals_numpy_sort_for_any_number_of_dates() -> None:
+    """The sorting network behind clear_median orders every pixel's series as np.sort does, for 1 to
+    80 dates, and sorts every 0/1 series of up to 12 dates (the 0-1 principle: then it sorts any)."""
+    rng = np.random.default_rng(4)
+    for n in range(1, 81):
+        values = rng.integers(0, 6, size=(n, 5, 7)).astype(np.uint16)  # few values: many ties
+        ordered = values.copy()
+        _sort_planes(ordered)
+        np.testing.assert_array_equal(ordered, np.sort(values, axis=0))
+    for n in range(1, 13):
+        bits = (np.arange(2**n)[None, :] >> np.arange(n)[:, None]) & 1  # every 0/1 series, one per column
+        ordered = bits.astype(np.uint16)[:, None, :]
+        _sort_planes(ordered)
+        np.testing.assert_array_equal(ordered[:, 0], np.sort(bits, axis=0))
 
 
 # --- reads: the direct windowed read gives stackstac's pixels exactly ----------------------------------
