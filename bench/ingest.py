@@ -24,8 +24,12 @@ here each file is the tile's extent, so the numbers leave out reading a window o
 Printed, all measured in this one process on this machine (files in the page cache for every run):
 
 - ingest: seconds per tile (and per date), split into search / S2 read / masks + S1 read (they run at
-  the same time) / write, and
+  the same time, and the store's metadata and ``s2`` are written meanwhile, in the writer thread) /
+  write (what is left of it after the masks and S1: their chunks, then the store marked complete), and
   its CPU seconds (all threads; a load-independent measure on a shared machine);
+- gc: by default the bench does what the campaign's ingest worker does once per process after its first
+  ingest, ``gc.collect(); gc.freeze()`` (``campaign.workers.freeze_import_garbage``), and says so;
+  ``--no-gc-freeze`` leaves it out;
 - the bytes of all COGs it read, as MB/s over the ingest time;
 - baselines: raw read of the same files (``read_bytes``), and rasterio decode of every COG in full, one
   after the other (no STAC, no stackstac, no mosaic, no write), timed right after each ingest run so both
@@ -57,6 +61,7 @@ from rasterio.transform import from_origin
 # Run as a script, this file's folder leads sys.path and this file's name would shadow the ingest package.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
+from campaign.workers import freeze_import_garbage  # noqa: E402
 from ingest import IngestConfig, ProgressEvent, ingest_tile  # noqa: E402
 from ingest.catalogs import BAND_RESOLUTION, PLANETARY_COMPUTER, S2_L2A_BANDS  # noqa: E402
 from ingest.sample import (  # noqa: E402
@@ -328,6 +333,11 @@ def main() -> None:
     parser.add_argument("--shared", type=Path, default=ROOT.parent / "shared" / "data" / "real")
     parser.add_argument("--keep", type=Path, default=None, help="build in this folder and keep it")
     parser.add_argument("--profile", action="store_true", help="one more ingest under cProfile")
+    parser.add_argument(
+        "--no-gc-freeze",
+        action="store_true",
+        help="leave out the campaign ingest worker's gc.freeze() after the first ingest of the process",
+    )
     args = parser.parse_args()
 
     work = args.keep or Path(tempfile.mkdtemp(prefix="declouder-bench-ingest-"))
@@ -345,6 +355,15 @@ def main() -> None:
     out_bytes = args.dates * tile_px * (12 * 2 + 2 * 4 + 1)  # s2 uint16, s1 float32, mask uint8
     print(f"tile: {TILE.tile_id}, {TILE.size[0]}x{TILE.size[1]} px, decoded output {out_bytes / 1e6:.0f} MB")
 
+    print(
+        "gc: "
+        + (
+            "left as Python sets it (--no-gc-freeze)"
+            if args.no_gc_freeze
+            else "gc.collect(); gc.freeze() once after the first ingest, as the campaign's ingest worker "
+            "does (campaign.workers.freeze_import_garbage)"
+        )
+    )
     proc, url = serve(catalog)
     try:
         config = IngestConfig(
@@ -382,15 +401,15 @@ def main() -> None:
             phases = {
                 "search": marks["search"] - t0,
                 "s2 read": marks["s2"] - marks["search"],
-                "masks + s1 read": both - marks["s2"],
-                "write": marks["write"] - both,
+                "masks + s1 read (+ s2 write)": both - marks["s2"],
+                "write (rest)": marks["write"] - both,
             }
             cpu_both = max(cpu_marks["masks"], cpu_marks["s1"])
             cpu_phases = {
                 "search": cpu_marks["search"] - c0,
                 "s2 read": cpu_marks["s2"] - cpu_marks["search"],
-                "masks + s1 read": cpu_both - cpu_marks["s2"],
-                "write": cpu_marks["write"] - cpu_both,
+                "masks + s1 read (+ s2 write)": cpu_both - cpu_marks["s2"],
+                "write (rest)": cpu_marks["write"] - cpu_both,
             }
             runs.append(total)
             c0 = time.process_time()
@@ -398,6 +417,9 @@ def main() -> None:
             cpu_decodes.append(time.process_time() - c0)
             split = ", ".join(f"{k} {v:.2f}" for k, v in phases.items())
             cpu_split = ", ".join(f"{k} {v:.2f}" for k, v in cpu_phases.items())
+            if r == 0 and not args.no_gc_freeze:
+                # What the campaign's ingest worker does once per process after its first ingest.
+                freeze_import_garbage()
             print(
                 f"ingest run {r + 1}: {total:.2f} s/tile ({total / args.dates:.3f} s/date; {split}); "
                 f"rasterio decode right after: {decodes[-1]:.2f} s; CPU s (all threads): ingest "

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import gc
 import os
 import socket
 import time
@@ -186,12 +187,25 @@ def ingest_one(
     from ingest import ingest_tile
 
     worker = current_worker(f"ingest-{os.getpid()}")
-    return run_stage(
+    outcome = run_stage(
         tile.tile_id,
         Stage.INGEST,
         worker,
         lambda: ingest_tile(tile, out_url, ingest_config, storage_options=storage_options, overwrite=True),
     )
+    freeze_import_garbage()
+    return outcome
+
+
+@functools.cache
+def freeze_import_garbage() -> None:
+    """Once per worker process, after its first ingest (when the ingest's lazy imports are done): move
+    every object alive now (modules, classes, functions of xarray, zarr, pandas, dask, rasterio ...) out
+    of reach of Python's full garbage collections, which otherwise walk them all again and again: ~40 ms
+    an ingest of bench/ingest.py's tile, ~1 ms after this (docs/ingest.md). A setting of the process,
+    so it is made here, by the worker that owns it, and never by the ingest library."""
+    gc.collect()
+    gc.freeze()
 
 
 class FitWorker:
