@@ -20,6 +20,7 @@ chunk buffer per chunk (what one ``to_zarr`` of a numpy-backed dataset does).
 
 from __future__ import annotations
 
+import asyncio
 import warnings
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -28,6 +29,7 @@ import fsspec
 import numpy as np
 import xarray as xr
 import zarr
+from zarr.core.sync import sync
 
 from tiler.object_store import with_retries
 from tiler.store import (
@@ -49,6 +51,9 @@ from tiler.store import (
 #: The variables written chunk by chunk (one chunk per date); the rest (coordinates, ``s1_time``) are
 #: small and written with the metadata.
 CHUNKED_VARIABLES: tuple[str, ...] = (S2, S1, MASK)
+#: Chunks (dates) of one variable encoded and written at once: enough to keep a few cores busy, few
+#: enough that their compressed copies stay small (a full-size tile's s2 date is 7 MB before blosc).
+CHUNKS_AT_ONCE = 8
 
 
 def _prepared(ds: xr.Dataset) -> xr.Dataset:
@@ -140,9 +145,17 @@ class TileWriter:
             )
         array = group[var]
         assert isinstance(array, zarr.Array)
-        array = array.with_config({"write_empty_chunks": True})
-        for t in range(data.shape[0]):
-            array[t : t + 1] = data[t : t + 1]
+        chunks = array.with_config({"write_empty_chunks": True}).async_array
+
+        async def every_chunk() -> None:
+            # One call into Zarr's event loop for all the chunks, CHUNKS_AT_ONCE encoded concurrently
+            # (blosc releases the GIL); one chunk's array per write, so none is copied into a fresh
+            # chunk buffer first.
+            for first in range(0, len(data), CHUNKS_AT_ONCE):
+                dates = range(first, min(first + CHUNKS_AT_ONCE, len(data)))
+                await asyncio.gather(*(chunks.setitem(slice(t, t + 1), data[t : t + 1]) for t in dates))
+
+        sync(every_chunk())
 
     def complete(self, s1_time: np.ndarray, attrs: Mapping[str, Any]) -> str:
         """Finish the store: ``s1_time`` rewritten if it differs from what :meth:`begin` wrote, the group
