@@ -12,7 +12,9 @@ cell as soon as its reaching tiles are settled, finalize.
 
 Printed per run (each run in its own process, so its peak RSS is its own):
 - control plane per tile: the driver loop's busy time (everything but waiting in ``ray.wait``: dispatch,
-  Ray submissions and ``ray.get``, ledger writes, progress) over the planned tiles, and its parts;
+  Ray submissions and ``ray.get``, waiting for a ledger write, progress) over the planned tiles, and its
+  parts; and the ledger writer thread's time beside the loop (campaign.book: batches written in the
+  background, one at a time);
 - the slope of that figure between the smallest and the largest run (flat = no growth per tile);
 - driver peak RSS; ledger bytes, files and writes; mosaic objects per zone;
 - the mosaic tail: wall time from the last fit's result to the complete mosaic, as a share of the wall.
@@ -255,6 +257,7 @@ def one_run(n: int, folder: Path) -> dict[str, Any]:
         "control_ms_per_tile": 1000 * busy / len(tiles),
         "ray_ms_per_tile": 1000 * driver.ray_seconds / len(tiles),
         "ledger_ms_per_tile": 1000 * run.ledger_seconds / len(tiles),
+        "ledger_wait_ms_per_tile": 1000 * run.ledger_wait_seconds / len(tiles),
         "ledger_writes": driver.book.ledger_writes,
         "ledger_files": ledger_files,
         "ledger_bytes": ledger_bytes,
@@ -327,7 +330,8 @@ def main() -> None:
         "wall s",
         "ctrl ms/tile",
         "Ray ms/tile",
-        "ledger ms/tile",
+        "ledger wait ms/tile",
+        "ledger write ms/tile (beside)",
         "RSS MB",
         "ledger writes",
         "ledger files",
@@ -346,6 +350,7 @@ def main() -> None:
             f"{r['wall_s']:.0f}",
             f"{r['control_ms_per_tile']:.2f}",
             f"{r['ray_ms_per_tile']:.2f}",
+            f"{r['ledger_wait_ms_per_tile']:.2f}",
             f"{r['ledger_ms_per_tile']:.2f}",
             f"{r['peak_rss_mb']:.0f}",
             f"{r['ledger_writes']}",

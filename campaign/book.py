@@ -1,15 +1,22 @@
 """The ledger side of a run: each tile's state, its attempts against its retry budget, progress events.
 
-:class:`TileBook` is the one place a run changes a tile's state. Every change is O(1): one ledger write,
-one counter update, and a notice to whoever waits for tiles to settle (the mosaic scheduler), so no
-event of a campaign costs more with more tiles.
+:class:`TileBook` is the one place a run changes a tile's state. Every change is O(1): one record queued
+for the ledger, one counter update, and a notice to whoever waits for tiles to settle (the mosaic
+scheduler), so no event of a campaign costs more with more tiles.
+
+Records are written in batches by one background thread, so the driver's loop does not wait on a
+write (an fsync on a local disk, a PUT on an object store: 20–50 ms each on a loaded machine, which was
+most of the loop's time per tile in ``bench/scale.py``). One write is in flight at most, so batches
+reach the store in order; :meth:`TileBook.sync` waits for everything queued, and a write's error comes
+back to the driver at the next flush or sync.
 """
 
 from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -21,8 +28,9 @@ from tiler.grid import TileRef
 
 #: Tile records written to the ledger together, at most: one write (one fsync, or one PUT) for many.
 LEDGER_BATCH = 256
-#: Seconds a changed record may wait in memory before it is written (what a crashed driver can lose:
-#: the tiles whose records were waiting redo their last stage on the rerun; their outputs are whole).
+#: Seconds a changed record may wait in memory before its write starts. A crashed driver loses the
+#: records that were waiting and the one write in flight: those tiles redo their last stage on the
+#: rerun, and their outputs are whole.
 LEDGER_FLUSH_S = 1.0
 
 #: What becomes of a tile after a failed attempt.
@@ -75,14 +83,20 @@ class TileBook:
         self.base_attempts: dict[tuple[str, Stage], int] = {}
         self.gpu_seconds_fits = 0.0
         self.fits_done = 0
-        #: Time spent writing ledger records, the writes (each of one or more records) and the records.
+        #: Time the writer thread spent writing ledger records, the writes (each of one or more records)
+        #: and the records; and the time the driver waited for a write (the part of it in its loop).
         self.ledger_seconds = 0.0
+        self.ledger_wait_seconds = 0.0
         self.ledger_writes = 0
         self.records_written = 0
         self._settled: list[Callable[[str], None]] = []
         #: Records changed since the last write, by tile (a tile changed twice is written once).
         self._pending: dict[str, TileRecord] = {}
         self._flushed_at = time.monotonic()
+        #: The write in flight (its records stay readable here until it is done), and its thread.
+        self._writing: dict[str, TileRecord] = {}
+        self._write: Future[float] | None = None
+        self._writer: ThreadPoolExecutor | None = None
 
     # ------------------------------------------------------------------ states
     def on_settled(self, listener: Callable[[str], None]) -> None:
@@ -116,9 +130,9 @@ class TileBook:
 
     # ------------------------------------------------------------------ ledger records
     def get(self, tile_id: str) -> TileRecord | None:
-        """The tile's latest record (written or waiting to be), or None."""
-        pending = self._pending.get(tile_id)
-        return pending if pending is not None else self.ledger.get(tile_id)
+        """The tile's latest record (written, being written or waiting to be), or None."""
+        record = self._pending.get(tile_id) or self._writing.get(tile_id)
+        return record if record is not None else self.ledger.get(tile_id)
 
     def record(self, tile_id: str) -> TileRecord:
         record = self.get(tile_id)
@@ -135,21 +149,62 @@ class TileBook:
             self.flush()
 
     def tick(self) -> None:
-        """Write the waiting records if the oldest has waited :data:`LEDGER_FLUSH_S`."""
+        """Start writing the waiting records if the oldest has waited :data:`LEDGER_FLUSH_S`; take note
+        of a finished write (and raise its error)."""
+        if self._write is not None and self._write.done():
+            self._wait_write()
         if self._pending and time.monotonic() - self._flushed_at >= LEDGER_FLUSH_S:
             self.flush()
 
     def flush(self) -> None:
-        """Write every waiting record, in one ledger write."""
+        """Start writing every waiting record, in one ledger write, after the write in flight ends."""
         self._flushed_at = time.monotonic()
         if not self._pending:
             return
-        writing = time.perf_counter()
-        self.ledger.put_many(list(self._pending.values()))
-        self.records_written += len(self._pending)
-        self._pending.clear()
-        self.ledger_seconds += time.perf_counter() - writing
+        self._wait_write()
+        self._writing, self._pending = self._pending, {}
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-writer")
+        self._write = self._writer.submit(self._put, list(self._writing.values()))
+
+    def sync(self) -> None:
+        """Write every waiting record and wait until the store has them (before a zone or run record,
+        the report, or the end of the run); raises the error of a failed write."""
+        self.flush()
+        self._wait_write()
+
+    def close(self) -> None:
+        """:meth:`sync`, then stop the writer thread."""
+        try:
+            self.sync()
+        finally:
+            if self._writer is not None:
+                self._writer.shutdown(wait=True)
+                self._writer = None
+
+    def _put(self, records: Sequence[TileRecord]) -> float:
+        started = time.perf_counter()
+        self.ledger.put_many(records)
+        return time.perf_counter() - started
+
+    def _wait_write(self) -> None:
+        if self._write is None:
+            return
+        waiting = time.perf_counter()
+        try:
+            seconds = self._write.result()  # a LedgerError of the writer is raised here, in the driver
+        except BaseException:
+            # Not written: the records wait again (a newer record of a tile wins), for a later flush.
+            self._pending = {**self._writing, **self._pending}
+            self._writing = {}
+            raise
+        finally:
+            self.ledger_wait_seconds += time.perf_counter() - waiting
+            self._write = None
+        self.ledger_seconds += seconds
         self.ledger_writes += 1
+        self.records_written += len(self._writing)
+        self._writing = {}
 
     def limit(self, stage: Stage) -> int:
         return int(getattr(self.retries, stage.value))

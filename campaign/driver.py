@@ -463,7 +463,7 @@ class CampaignDriver:
 
     def _finish(self, interrupted: bool, held: float) -> CampaignReport:
         book = self.book
-        book.flush()
+        book.close()  # every record in the store before the run's record and the report
         ended = time.time()
         done = book.done()
         pool = self.fits.pool
@@ -480,6 +480,7 @@ class CampaignDriver:
                 tiles_failed=book.counts[TileState.FAILED],
                 driver_busy_seconds=self.driver_busy_seconds(),
                 ledger_seconds=book.ledger_seconds,
+                ledger_wait_seconds=book.ledger_wait_seconds,
             )
         )
         report = build_report(

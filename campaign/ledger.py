@@ -202,10 +202,13 @@ class RunRecord(_Frozen):
     gpu_seconds_held: float
     tiles_done: int
     tiles_failed: int
-    #: Seconds the driver loop spent working (not waiting on Ray): scheduling, ledger writes, progress.
+    #: Seconds the driver loop spent working (not waiting on Ray): scheduling, waiting for ledger
+    #: writes, progress.
     driver_busy_seconds: float = 0.0
-    #: Of which writing ledger records.
+    #: Seconds the ledger's writer thread spent writing tile records (beside the loop; campaign.book).
     ledger_seconds: float = 0.0
+    #: Of the loop's busy time, waiting for a ledger write to end (the next batch, a sync, the end).
+    ledger_wait_seconds: float = 0.0
 
 
 class ZoneRecord(_Frozen):

@@ -285,7 +285,7 @@ class MosaicScheduler:
             self._zone_done(zone, {str(k): str(v) for k, v in outcome.summary.items()})
 
     def _zone_done(self, zone: _Zone, outputs: Mapping[str, str]) -> None:
-        self.book.flush()  # the tiles' records before the zone's: a zone record means its tiles are in
+        self.book.sync()  # the tiles' records before the zone's: a zone record means its tiles are in
         self.book.ledger.put_zone(
             ZoneRecord(
                 epsg=zone.epsg,

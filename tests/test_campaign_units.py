@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import io
+import threading
 from pathlib import Path
 
 import pytest
 from rich.console import Console
 
-from campaign.config import CampaignConfig, ResourcesConfig, parse_config
+from campaign.book import TileBook
+from campaign.config import CampaignConfig, ResourcesConfig, RetriesConfig, parse_config
 from campaign.driver import CampaignProgress, OutputLayout, claim_output, fit_pool
 from campaign.errors import CampaignMismatchError
 from campaign.estimate import estimate_campaign, estimate_lines
-from campaign.ledger import Ledger
+from campaign.ledger import FsspecLedgerStore, Ledger, LedgerError, TileState
 from campaign.live import LiveView
 from tiler.grid import TileRef
 
@@ -156,3 +158,58 @@ def test_live_view_on_a_terminal_draws_counts_eta_and_gpu_hours() -> None:
     text = out.getvalue()
     assert "campaign belgium" in text and "fitted a in 3.0 s" in text
     assert "ETA 0:04:10" in text and "GPU-h held 2.000" in text and "GPU-h in fits 1.000" in text
+
+
+class _GatedStore(FsspecLedgerStore):
+    """The local ledger store, whose journal writes wait for a gate (a slow fsync or PUT), or fail."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.gate = threading.Event()
+        self.fail = False
+
+    def write(self, name: str, data: bytes) -> None:
+        if name.startswith("journal/"):
+            assert self.gate.wait(10), "the test never opened the gate"
+            if self.fail:
+                raise OSError("no space left on device")
+        super().write(name, data)
+
+
+def _book(tmp_path: Path) -> tuple[TileBook, _GatedStore]:
+    store = _GatedStore(str(tmp_path / "ledger"))
+    ledger = Ledger(store)
+    ledger.load()
+    tiles = {t.tile_id: t for t in (TileRef(32631, 4800 + i, 46900) for i in range(3))}
+    return TileBook(tiles, ledger, run_id="r", retries=RetriesConfig()), store
+
+
+def test_ledger_writes_do_not_hold_up_the_driver(tmp_path: Path) -> None:
+    book, store = _book(tmp_path)
+    first, second, _ = book.tiles
+    book.put(book.record(first).model_copy(update={"state": TileState.INGESTED}))
+    book.flush()  # returns while the write waits at the gate
+    book.put(book.record(second).model_copy(update={"state": TileState.INGESTED}))
+    assert book.get(first) is not None and book.get(first).state == TileState.INGESTED  # in flight
+    assert book.get(second) is not None  # waiting
+    assert Ledger.open(str(tmp_path / "ledger")).get(first) is None  # nothing in the store yet
+    store.gate.set()
+    book.close()
+    stored = Ledger.open(str(tmp_path / "ledger"))
+    assert {stored.state(first), stored.state(second)} == {TileState.INGESTED}
+    assert (book.ledger_writes, book.records_written) == (2, 2)
+
+
+def test_a_failed_ledger_write_reaches_the_driver_and_keeps_its_records(tmp_path: Path) -> None:
+    book, store = _book(tmp_path)
+    tile = next(iter(book.tiles))
+    book.put(book.record(tile).model_copy(update={"state": TileState.FITTED}))
+    store.fail = True
+    book.flush()
+    store.gate.set()
+    with pytest.raises(LedgerError, match="cannot write"):
+        book.sync()
+    assert book.get(tile) is not None  # still waiting to be written
+    store.fail = False
+    book.close()
+    assert Ledger.open(str(tmp_path / "ledger")).state(tile) == TileState.FITTED
