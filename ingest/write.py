@@ -29,6 +29,8 @@ import fsspec
 import numpy as np
 import xarray as xr
 import zarr
+from zarr.abc.store import Store
+from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from tiler.object_store import with_retries
@@ -54,6 +56,8 @@ CHUNKED_VARIABLES: tuple[str, ...] = (S2, S1, MASK)
 #: Chunks (dates) of one variable encoded and written at once: enough to keep a few cores busy, few
 #: enough that their compressed copies stay small (a full-size tile's s2 date is 7 MB before blosc).
 CHUNKS_AT_ONCE = 8
+#: The group's metadata document (its attributes hold the store's status).
+ROOT_METADATA = "zarr.json"
 
 
 def _prepared(ds: xr.Dataset) -> xr.Dataset:
@@ -66,6 +70,17 @@ def _prepared(ds: xr.Dataset) -> xr.Dataset:
     for var in out.variables.values():
         var.encoding = {}
     return out.assign_coords({c: out[c].astype(object) for c in ("band", "polarization") if c in out.coords})
+
+
+async def _copy_store(source: zarr.storage.MemoryStore, target: Store, *, clear: bool) -> None:
+    """Every key of ``source`` into ``target``: the root's ``zarr.json`` (status ``writing``) first, the
+    rest at once. ``clear``: remove what ``target`` holds first (as ``to_zarr(mode="w")`` does)."""
+    if clear:
+        await target.delete_dir("")
+    prototype = default_buffer_prototype()
+    values = {key: await source.get(key, prototype) async for key in source.list()}
+    await target.set(ROOT_METADATA, values.pop(ROOT_METADATA))  # type: ignore[arg-type]
+    await asyncio.gather(*(target.set(key, value) for key, value in values.items() if value is not None))
 
 
 class TileWriter:
@@ -110,28 +125,42 @@ class TileWriter:
             shape = out[var].shape
             # Lazy placeholders: with compute=False xarray writes their metadata and none of their chunks.
             out[var] = out[var].copy(data=da.empty(shape, dtype=out[var].dtype, chunks=(1, *shape[1:])))
-        self._to_zarr(out, mode="w", encoding=_encoding(out), compute=False)
+        # Built in memory, then copied: Zarr's local and object stores pay a round trip per metadata
+        # document and coordinate chunk (~25, each written 1-2 times), which took ~2× the CPU here.
+        memory = zarr.storage.MemoryStore()
+        self._to_zarr(out, memory, mode="w", encoding=_encoding(out), compute=False)
+        target = zarr_store(self.url, self.storage_options)
+        sync(_copy_store(memory, target, clear=self.existing != "missing"))
         self._template = ds
-        self._group = zarr.open_group(zarr_store(self.url, self.storage_options), mode="r+")
+        self._group = zarr.open_group(target, mode="r+")
 
     def _to_zarr(
-        self, out: xr.Dataset, *, mode: Literal["w", "a"], encoding: dict[str, Any], compute: bool
+        self,
+        out: xr.Dataset,
+        store: zarr.storage.MemoryStore | None,
+        *,
+        mode: Literal["w", "a"],
+        encoding: dict[str, Any],
+        compute: bool,
     ) -> None:
+        """``out.to_zarr`` into ``store`` (None: the tile's URL)."""
         options: dict[str, Any] = {
             "mode": mode,
             "zarr_format": 3,
             "consolidated": False,  # consolidated once, by complete()
             "encoding": encoding,
             "write_empty_chunks": True,
-            "storage_options": with_retries(self.url, self.storage_options) or None,
+            "storage_options": (
+                None if store is not None else with_retries(self.url, self.storage_options) or None
+            ),
         }
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*Consolidated metadata.*")
             warnings.filterwarnings("ignore", message=".*vlen-utf8.*")
             if compute:
-                out.to_zarr(self.url, **options)
+                out.to_zarr(self.url if store is None else store, **options)
             else:  # metadata, coordinates and numpy-backed variables; the dask-backed ones' chunks not
-                out.to_zarr(self.url, compute=False, **options)
+                out.to_zarr(self.url if store is None else store, compute=False, **options)
 
     def write(self, var: str, data: np.ndarray) -> None:
         """Every chunk (date) of ``var``, one call per chunk, all of them (also those all at the fill
@@ -167,7 +196,7 @@ class TileWriter:
             # Its CF units depend on its values: written anew, as a one-pass write would write it.
             del group[S1_TIME]
             out = _prepared(template[[S1_TIME]].assign({S1_TIME: template[S1_TIME].copy(data=s1_time)}))
-            self._to_zarr(out, mode="a", encoding={S1_TIME: _encoding(out)[S1_TIME]}, compute=True)
+            self._to_zarr(out, None, mode="a", encoding={S1_TIME: _encoding(out)[S1_TIME]}, compute=True)
         final = _prepared(xr.Dataset(attrs=dict(attrs))).attrs
         final[STATUS_ATTR] = STATUS_COMPLETE
         group.attrs.put(final)

@@ -159,3 +159,27 @@ def test_an_s1_read_failing_leaves_a_complete_store_as_it_was(tmp_path: Path) ->
             ingest_tile(TILE, str(out), _config(catalog=str(failing)), overwrite=True, sleep=lambda s: None)
     assert tile_status(str(out)) == "complete"
     assert _files(out) == before
+
+
+def test_replacing_a_store_leaves_exactly_what_a_fresh_ingest_writes(tmp_path: Path) -> None:
+    """Overwriting a complete store (more dates) and a store left writing: nothing of the old stores
+    remains, every file equals a fresh ingest's."""
+    s2, s1 = sample_items()
+    items = tmp_path / "items.json"
+    items.write_text(json.dumps({"type": "FeatureCollection", "features": [*s2, *s1]}))
+    april = _config(catalog=str(items))
+    ingest_tile(TILE, str(tmp_path / "fresh.zarr"), april)
+    fresh = _files(tmp_path / "fresh.zarr")
+
+    replaced = tmp_path / "replaced.zarr"
+    ingest_tile(TILE, str(replaced), _config(catalog=str(items), start="2019-03-20", end="2019-05-31"))
+    assert len(_files(replaced)) > len(fresh)  # more dates: more chunk files to be removed
+    ingest_tile(TILE, str(replaced), april, overwrite=True)
+    assert _files(replaced) == fresh
+
+    meta = json.loads((replaced / "zarr.json").read_text())
+    meta["attributes"]["declouder_status"] = "writing"  # as an interrupted writer leaves it
+    (replaced / "zarr.json").write_text(json.dumps(meta))
+    assert tile_status(str(replaced)) == "writing"
+    ingest_tile(TILE, str(replaced), april, overwrite=True)
+    assert _files(replaced) == fresh
