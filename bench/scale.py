@@ -21,7 +21,11 @@ Printed per run (each run in its own process, so its peak RSS is its own):
 And, without Ray (``--plan-tiles``): time and peak RSS of planning N tiles and setting up the driver's
 state for them from an empty ledger (what the driver holds before its first dispatch).
 
-    python bench/scale.py --tiles 1000 10000 [--plan-tiles 350000] [--json out.json]
+    python bench/scale.py --tiles 1000 10000 [--plan-tiles 350000] [--parts 256] [--json out.json]
+
+``--parts N``: the CPU time of each stage's task body per tile, in one process without Ray or driver
+(stand-in ingest, stand-in fit, the real region task), over a block of ≥ N tiles: with the wall time of a
+run, where a tile's time goes besides the control plane.
 """
 
 from __future__ import annotations
@@ -156,15 +160,20 @@ class StandInFit:
 
     def fit(self, tile_id: str, in_url: str, out_url: str, init_weights: str | None = None) -> StageOutcome:
         def work() -> dict[str, str]:
-            warnings.filterwarnings("ignore", message=".*Consolidated metadata.*")
-            source = zarr.open_group(in_url, mode="r")
-            tile = TileRef.from_id(tile_id, size=(TILE_PX, TILE_PX), overlap=OVERLAP_PX)
-            group = place(TEMPLATES["fitted"], tile, out_url)
-            group[DECLOUDED][:] = source[S2][:]
-            zarr.consolidate_metadata(out_url)
+            standin_fit_store(tile_id, in_url, out_url)
             return {"stand_in": "fit"}
 
         return run_stage(tile_id, Stage.FIT, current_worker(self._name), work)
+
+
+def standin_fit_store(tile_id: str, in_url: str, out_url: str) -> None:
+    """The stand-in fit's store: the fitted template on the tile's pixels, the ingested ``s2`` in it."""
+    warnings.filterwarnings("ignore", message=".*Consolidated metadata.*")
+    source = zarr.open_group(in_url, mode="r")
+    tile = TileRef.from_id(tile_id, size=(TILE_PX, TILE_PX), overlap=OVERLAP_PX)
+    group = place(TEMPLATES["fitted"], tile, out_url)
+    group[DECLOUDED][:] = source[S2][:]
+    zarr.consolidate_metadata(out_url)
 
 
 def config_for(
@@ -290,6 +299,44 @@ def plan_only(n: int, folder: Path) -> dict[str, Any]:
     }
 
 
+def parts(n: int, folder: Path) -> dict[str, Any]:
+    """CPU seconds per tile of each stage's task body, in this one process (no Ray, no driver): the
+    stand-in ingest, the stand-in fit, and the real region task of each cell (``write_mosaic_region``)
+    over the block of ≥ n tiles. What a tile costs besides the control plane and Ray's own overhead."""
+    from campaign.mosaics import reaching
+    from ingest.sample import write_sample_catalog
+    from tiler.mosaic import init_mosaic_template, write_mosaic_region
+
+    ingested, fitted, bands, period = write_templates(folder)
+    TEMPLATES.update(ingested=ingested, fitted=fitted)
+    items = write_sample_catalog(folder / "catalog", copy_rasters=False)
+    config = config_for(folder, n, bands, period, items)
+    tiles = plan_campaign(config)
+    layout = OutputLayout(config.output)
+    ids = {t.tile_id for t in tiles}
+    cpu = {"ingest": 0.0, "fit": 0.0, "region": 0.0}
+    started = time.process_time()
+    for tile in tiles:
+        place(ingested, tile, layout.ingested(tile.tile_id))
+    cpu["ingest"] = time.process_time() - started
+    started = time.process_time()
+    for tile in tiles:
+        standin_fit_store(tile.tile_id, layout.ingested(tile.tile_id), layout.fitted(tile.tile_id))
+    cpu["fit"] = time.process_time() - started
+    url = layout.mosaic(tiles[0].epsg)
+    days = tuple(str(d) for d in open_tile(fitted)["time"].values.astype("datetime64[D]"))
+    grid = config.grid
+    init_mosaic_template(
+        url, sorted(ids), days, bands, size=grid.size, overlap=grid.overlap, resolution=grid.resolution
+    )
+    started = time.process_time()
+    for tile in tiles:
+        near = {r.tile_id: layout.fitted(r.tile_id) for r in reaching(tile) if r.tile_id in ids}
+        write_mosaic_region(url, tile.tile_id, near)
+    cpu["region"] = time.process_time() - started
+    return {"tiles": len(tiles), **{f"{k}_ms_per_tile": 1000 * v / len(tiles) for k, v in cpu.items()}}
+
+
 def in_subprocess(flag: str, n: int) -> dict[str, Any]:
     """One run in a process of its own; its folder is deleted in the background (many small files)."""
     tmp = tempfile.mkdtemp(prefix="bench-scale-")
@@ -313,12 +360,22 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--plan-one", type=int, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--parts",
+        type=int,
+        default=0,
+        help="also time each stage's task body per tile in one process, over this many tiles (no Ray)",
+    )
+    parser.add_argument("--parts-one", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.one or args.plan_one:
+    if args.one or args.plan_one or args.parts_one:
         os.chdir(args.folder)
-        result = one_run(args.one, args.folder) if args.one else plan_only(args.plan_one, args.folder)
+        if args.parts_one:
+            result = parts(args.parts_one, args.folder)
+        else:
+            result = one_run(args.one, args.folder) if args.one else plan_only(args.plan_one, args.folder)
         args.result.write_text(json.dumps(result))
         return
 
@@ -379,10 +436,19 @@ def main() -> None:
             f"driver state {setup:.1f} s, driver peak RSS {rss:.0f} MB",
             flush=True,
         )
+    pieces = None
+    if args.parts:
+        pieces = in_subprocess("--parts-one", args.parts)
+        print(
+            f"task bodies, CPU ms per tile, one process without Ray ({pieces['tiles']} tiles): stand-in "
+            f"ingest {pieces['ingest_ms_per_tile']:.1f}, stand-in fit {pieces['fit_ms_per_tile']:.1f}, "
+            f"region (real) {pieces['region_ms_per_tile']:.1f}",
+            flush=True,
+        )
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"load average at the end: {load} on {os.cpu_count()} CPUs (other processes share them)")
     if args.json:
-        args.json.write_text(json.dumps({"runs": runs, "plans": plans}, indent=2))
+        args.json.write_text(json.dumps({"runs": runs, "plans": plans, "parts": pieces}, indent=2))
 
 
 if __name__ == "__main__":
