@@ -476,8 +476,10 @@ def _read_s1(
 ) -> tuple[np.ndarray, Pairing]:
     """(time, polarization, y, x) dB for the paired passes; a pass with no data over the tile is unpaired."""
     n = pairing.index.size
-    s1 = np.full((n, len(POLARIZATIONS), *grid.shape), np.nan, dtype=np.float32)
+    s1 = np.empty((n, len(POLARIZATIONS), *grid.shape), dtype=np.float32)
     wanted = sorted({int(j) for j in pairing.index if j >= 0})
+    # Each pass is read straight into the first date it is paired with, then copied to the others.
+    first_date = {j: int(np.flatnonzero(pairing.index == j)[0]) for j in wanted}
     passes = load_s1_passes(
         [acquisitions[j].items for j in wanted],
         grid,
@@ -485,6 +487,7 @@ def _read_s1(
         resampling=config.resampling,
         retry=reads,
         on_batch=lambda done, total: notify(ProgressEvent("s1", done, total, f"{len(wanted)} passes")),
+        out=[s1[first_date[j]] for j in wanted],
     )
     loaded = dict(zip(wanted, passes, strict=True))
     index = pairing.index.copy()
@@ -495,7 +498,9 @@ def _read_s1(
             )
             index[index == j] = -1
     for i, j in enumerate(index):
-        if j >= 0:
+        if j < 0:
+            s1[i] = np.nan
+        elif i != first_date[int(j)]:
             s1[i] = loaded[int(j)]
     s1_time = np.where(index >= 0, pairing.s1_time, np.datetime64("NaT", "ns"))
     gap = np.where(index >= 0, pairing.gap_days, np.nan)
@@ -532,9 +537,10 @@ def _date_summaries(
     acquisitions: Sequence[S1Acquisition],
 ) -> tuple[DateSummary, ...]:
     out = []
+    # Pixels per date with data, and cloud or shadow (which always have data): counts, one pass each.
+    n_valid = np.count_nonzero(mask != MaskClass.NODATA, axis=(1, 2))
+    n_cloudy = np.count_nonzero((mask == MaskClass.CLOUD) | (mask == MaskClass.SHADOW), axis=(1, 2))
     for k, day in enumerate(days):
-        valid = mask[k] != MaskClass.NODATA
-        cloudy = (mask[k] == MaskClass.CLOUD) | (mask[k] == MaskClass.SHADOW)
         covers = [float(c) for i in day if (c := i.properties.get(profile.cloud_cover_property)) is not None]
         j = int(pairing.index[k])
         out.append(
@@ -542,8 +548,8 @@ def _date_summaries(
                 time=times[k],
                 items=tuple(i.id for i in day),
                 item_cloud_cover=float(np.mean(covers)) if covers else None,
-                tile_cloud_pct=float(cloudy[valid].mean() * 100) if valid.any() else 0.0,
-                valid_pct=float(valid.mean() * 100),
+                tile_cloud_pct=float(n_cloudy[k] / n_valid[k] * 100) if n_valid[k] else 0.0,
+                valid_pct=float(n_valid[k] / mask[k].size * 100),
                 boa_offset=max(profile.boa_offset(i)[0] for i in day),
                 s1_time=pairing.s1_time[k],
                 s1_gap_days=float(pairing.gap_days[k]),

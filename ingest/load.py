@@ -593,10 +593,13 @@ def load_s1_passes(
     resampling: str,
     retry: Retry,
     on_batch: Callable[[int, int], None] | None = None,
+    out: Sequence[np.ndarray] | None = None,
 ) -> list[np.ndarray]:
     """(polarization, y, x) float32 dB of each S1 pass, its slices mosaicked (first valid).
 
-    Converted to dB (or the profile's nodata to NaN) in place by the reader threads.
+    Converted to dB (or the profile's nodata to NaN) in place by the reader threads. ``out``: one
+    (polarization, y, x) float32 array per pass to put it in (e.g. its date's place in the tile's
+    ``s1``): a pass of one slice is read straight into it; the arrays returned are then these.
     """
     keys = [profile.s1_assets[p] for p in POLARIZATIONS]
     nodata = profile.s1_nodata
@@ -605,26 +608,38 @@ def load_s1_passes(
         values[values == nodata] = np.nan
 
     finish = to_db_inplace if profile.s1_linear else to_nan
-    out: list[np.ndarray] = []
+    result: list[np.ndarray] = []
     batches = _batches(passes, READ_BATCH_ITEMS)
     for b, batch in enumerate(batches):
-        items = [item for k in batch for item in passes[k]]
-        data = np.empty((len(items), len(keys), *grid.shape), dtype=np.float32)
-        reads = [
-            AssetRead(item, key, data[i, a], resampling, finish)
-            for i, item in enumerate(items)
-            for a, key in enumerate(keys)
-        ]
-        read_into(reads, grid, fill_value=np.float32(np.nan), retry=retry)
+        # Where each pass's slices are read: its ``out`` for one slice, else a scratch stack to mosaic.
+        targets = {k: (out[k][None] if out is not None and len(passes[k]) == 1 else None) for k in batch}
+        scratch_items = [item for k in batch if targets[k] is None for item in passes[k]]
+        scratch = np.empty((len(scratch_items), len(keys), *grid.shape), dtype=np.float32)
+        reads: list[AssetRead] = []
         first = 0
         for k in batch:
-            part = data[first : first + len(passes[k])]
-            out.append(
-                part[0]
-                if len(part) == 1
-                else first_valid(part, cast(np.ndarray, np.isfinite(part).all(axis=1)))
-            )
-            first += len(passes[k])
+            target = targets[k]
+            if target is None:
+                target = scratch[first : first + len(passes[k])]
+                first += len(passes[k])
+                targets[k] = target
+            reads += [
+                AssetRead(item, key, target[i, a], resampling, finish)
+                for i, item in enumerate(passes[k])
+                for a, key in enumerate(keys)
+            ]
+        read_into(reads, grid, fill_value=np.float32(np.nan), retry=retry)
+        for k in batch:
+            part = targets[k]
+            assert part is not None
+            if len(part) == 1:
+                result.append(part[0])
+                continue
+            mosaic = first_valid(part, cast(np.ndarray, np.isfinite(part).all(axis=1)))
+            if out is not None:
+                out[k][...] = mosaic
+                mosaic = out[k]
+            result.append(mosaic)
         if on_batch is not None:
             on_batch(b + 1, len(batches))
-    return out
+    return result
