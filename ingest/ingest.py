@@ -537,10 +537,9 @@ def _date_summaries(
     acquisitions: Sequence[S1Acquisition],
 ) -> tuple[DateSummary, ...]:
     out = []
-    # Pixels per date with data, and cloud or shadow (which always have data): counts, one pass each.
-    n_valid = np.count_nonzero(mask != MaskClass.NODATA, axis=(1, 2))
-    n_cloudy = np.count_nonzero((mask == MaskClass.CLOUD) | (mask == MaskClass.SHADOW), axis=(1, 2))
     for k, day in enumerate(days):
+        valid = mask[k] != MaskClass.NODATA
+        cloudy = (mask[k] == MaskClass.CLOUD) | (mask[k] == MaskClass.SHADOW)
         covers = [float(c) for i in day if (c := i.properties.get(profile.cloud_cover_property)) is not None]
         j = int(pairing.index[k])
         out.append(
@@ -548,8 +547,8 @@ def _date_summaries(
                 time=times[k],
                 items=tuple(i.id for i in day),
                 item_cloud_cover=float(np.mean(covers)) if covers else None,
-                tile_cloud_pct=float(n_cloudy[k] / n_valid[k] * 100) if n_valid[k] else 0.0,
-                valid_pct=float(n_valid[k] / mask[k].size * 100),
+                tile_cloud_pct=float(cloudy[valid].mean() * 100) if valid.any() else 0.0,
+                valid_pct=float(valid.mean() * 100),
                 boa_offset=max(profile.boa_offset(i)[0] for i in day),
                 s1_time=pairing.s1_time[k],
                 s1_gap_days=float(pairing.gap_days[k]),
