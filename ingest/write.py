@@ -39,13 +39,12 @@ from tiler.store import (
     S1,
     S1_TIME,
     S2,
-    SCHEMA_VERSION,
     STATUS_ATTR,
     STATUS_COMPLETE,
     STATUS_WRITING,
-    _encoding,
-    _set_status,
-    _software_version,
+    prepared_for_store,
+    set_tile_status,
+    tile_encoding,
     validate_tile,
     zarr_store,
 )
@@ -58,18 +57,6 @@ CHUNKED_VARIABLES: tuple[str, ...] = (S2, S1, MASK)
 CHUNKS_AT_ONCE = 8
 #: The group's metadata document (its attributes hold the store's status).
 ROOT_METADATA = "zarr.json"
-
-
-def _prepared(ds: xr.Dataset) -> xr.Dataset:
-    """``ds`` as :func:`tiler.store.write_tile` hands it to Zarr: status ``writing``, no encodings,
-    string coordinates as variable-length UTF-8."""
-    out = ds.copy()
-    out.attrs[STATUS_ATTR] = STATUS_WRITING
-    out.attrs.setdefault("schema_version", SCHEMA_VERSION)
-    out.attrs.setdefault("software_version", _software_version())
-    for var in out.variables.values():
-        var.encoding = {}
-    return out.assign_coords({c: out[c].astype(object) for c in ("band", "polarization") if c in out.coords})
 
 
 async def _copy_store(source: zarr.storage.MemoryStore, target: Store, *, clear: bool) -> None:
@@ -119,8 +106,8 @@ class TileWriter:
 
         validate_tile(ds, name=self.name)
         if self.existing != "missing":
-            _set_status(self.url, STATUS_WRITING, self.storage_options)
-        out = _prepared(ds)
+            set_tile_status(self.url, STATUS_WRITING, self.storage_options)
+        out = prepared_for_store(ds)
         for var in CHUNKED_VARIABLES:
             shape = out[var].shape
             # Lazy placeholders: with compute=False xarray writes their metadata and none of their chunks.
@@ -128,7 +115,7 @@ class TileWriter:
         # Built in memory, then copied: Zarr's local and object stores pay a round trip per metadata
         # document and coordinate chunk (~25, each written 1-2 times), which took ~2× the CPU here.
         memory = zarr.storage.MemoryStore()
-        self._to_zarr(out, memory, mode="w", encoding=_encoding(out), compute=False)
+        self._to_zarr(out, memory, mode="w", encoding=tile_encoding(out), compute=False)
         target = zarr_store(self.url, self.storage_options)
         sync(_copy_store(memory, target, clear=self.existing != "missing"))
         self._template = ds
@@ -195,9 +182,11 @@ class TileWriter:
         if not np.array_equal(s1_time, template[S1_TIME].values, equal_nan=True):
             # Its CF units depend on its values: written anew, as a one-pass write would write it.
             del group[S1_TIME]
-            out = _prepared(template[[S1_TIME]].assign({S1_TIME: template[S1_TIME].copy(data=s1_time)}))
-            self._to_zarr(out, None, mode="a", encoding={S1_TIME: _encoding(out)[S1_TIME]}, compute=True)
-        final = _prepared(xr.Dataset(attrs=dict(attrs))).attrs
+            out = prepared_for_store(
+                template[[S1_TIME]].assign({S1_TIME: template[S1_TIME].copy(data=s1_time)})
+            )
+            self._to_zarr(out, None, mode="a", encoding={S1_TIME: tile_encoding(out)[S1_TIME]}, compute=True)
+        final = prepared_for_store(xr.Dataset(attrs=dict(attrs))).attrs
         final[STATUS_ATTR] = STATUS_COMPLETE
         group.attrs.put(final)
         # Consolidated metadata lets plain `xarray.open_zarr(url)` open the store in one read.

@@ -300,8 +300,9 @@ _LARGE_CHUNK_COMPRESSOR = zarr.codecs.BloscCodec(
 )
 
 
-def _encoding(ds: xr.Dataset) -> dict[str, dict[str, Any]]:
-    """One chunk per date (a whole date's image), so readers of a date or a window read few objects."""
+def tile_encoding(ds: xr.Dataset) -> dict[str, dict[str, Any]]:
+    """The tile store's Zarr encoding of ``ds``'s variables: one chunk per date (a whole date's image),
+    so readers of a date or a window read few objects."""
     enc: dict[str, dict[str, Any]] = {}
     for var in ds.data_vars:
         dims = ds[var].dims
@@ -338,16 +339,8 @@ def write_tile(
             "(CLI: --overwrite) to replace it"
         )
     if status != "missing":
-        _set_status(url, STATUS_WRITING, storage_options)
-    out = ds.copy()
-    out.attrs[STATUS_ATTR] = STATUS_WRITING
-    out.attrs.setdefault("schema_version", SCHEMA_VERSION)
-    out.attrs.setdefault("software_version", _software_version())
-    for var in out.variables.values():
-        var.encoding = {}
-    # Variable-length UTF-8 strings: the one string type the Zarr v3 spec defines (numpy's fixed-width
-    # '<U3' has none, and other Zarr readers may not read it).
-    out = out.assign_coords({c: out[c].astype(object) for c in ("band", "polarization") if c in out.coords})
+        set_tile_status(url, STATUS_WRITING, storage_options)
+    out = prepared_for_store(ds)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*Consolidated metadata.*")
         warnings.filterwarnings("ignore", message=".*vlen-utf8.*")
@@ -356,18 +349,32 @@ def write_tile(
             mode="w",
             zarr_format=3,
             consolidated=True,
-            encoding=_encoding(out),
+            encoding=tile_encoding(out),
             # Write every chunk, also those all at the fill value: skipping them costs a full scan of each
             # chunk, ~28 % of the write's CPU time for a 384×768×10 tile (bench/ingest.py's tile), and a
             # whole date of no data is rare (ingest drops dates without data over the tile).
             write_empty_chunks=True,
             storage_options=with_retries(url, storage_options) or None,
         )
-    _set_status(url, STATUS_COMPLETE, storage_options)
+    set_tile_status(url, STATUS_COMPLETE, storage_options)
     return url
 
 
-def _set_status(url: str, status: str, storage_options: Mapping[str, Any] | None) -> None:
+def prepared_for_store(ds: xr.Dataset) -> xr.Dataset:
+    """``ds`` as a tile store holds it, ready for Zarr (:func:`write_tile`, ``ingest.write``): status
+    ``writing``, the schema and software versions, no encodings, string coordinates as variable-length
+    UTF-8 (the one string type the Zarr v3 spec defines: numpy's fixed-width '<U3' has none, and other
+    Zarr readers may not read it)."""
+    out = ds.copy()
+    out.attrs[STATUS_ATTR] = STATUS_WRITING
+    out.attrs.setdefault("schema_version", SCHEMA_VERSION)
+    out.attrs.setdefault("software_version", _software_version())
+    for var in out.variables.values():
+        var.encoding = {}
+    return out.assign_coords({c: out[c].astype(object) for c in ("band", "polarization") if c in out.coords})
+
+
+def set_tile_status(url: str, status: str, storage_options: Mapping[str, Any] | None) -> None:
     store = zarr_store(url, storage_options)
     group = zarr.open_group(store, mode="r+")
     group.attrs[STATUS_ATTR] = status
