@@ -16,6 +16,7 @@ from tiler.store import (
     make_tile,
     open_tile,
     open_tile_group,
+    tile_group_epsg,
     tile_status,
     tile_times,
     validate_tile,
@@ -133,6 +134,16 @@ def test_tile_group_refuses_what_open_tile_refuses(mutate, message: str, tmp_pat
     assert "tile 't1'" in str(err.value)
     with pytest.raises(TileSchemaError):
         open_tile(url, require=["s2", "mask"], name="t1")
+
+
+def test_tile_group_epsg_from_the_attribute_or_the_crs_and_refused_without(tmp_path: Path) -> None:
+    tile = small_tile()
+    for label, ds in (("attr", tile), ("crs", tile.drop_attrs(deep=False))):
+        ds.to_zarr(tmp_path / f"{label}.zarr", zarr_format=3)
+        assert tile_group_epsg(open_tile_group(str(tmp_path / f"{label}.zarr")), name=label) == 32631
+    tile.drop_vars("spatial_ref").drop_attrs(deep=False).to_zarr(tmp_path / "none.zarr", zarr_format=3)
+    with pytest.raises(TileSchemaError, match="tile 't1': no CRS"):
+        tile_group_epsg(open_tile_group(str(tmp_path / "none.zarr")), name="t1")
 
 
 def test_tile_group_refuses_unfinished_and_missing_stores(tmp_path: Path) -> None:

@@ -75,7 +75,6 @@ from tiler.errors import (
     MosaicIncompleteError,
     OutputExistsError,
     TileMismatchError,
-    TileSchemaError,
 )
 from tiler.grid import DEFAULT_OVERLAP, DEFAULT_RESOLUTION, DEFAULT_TILE_SIZE, TileRef
 from tiler.object_store import with_retries
@@ -94,6 +93,7 @@ from tiler.store import (
     georeference,
     open_tile,
     open_tile_group,
+    tile_group_epsg,
     tile_status,
     tile_times,
     zarr_array,
@@ -350,12 +350,7 @@ def _open_fitted(tile: TileRef, url: str, storage_options: StorageOptions) -> tu
     """:func:`read_fitted_tile`, and the store's group for reading its arrays (opened once)."""
     name = tile.tile_id
     group = open_tile_group(url, storage_options=storage_options, require=[DECLOUDED], name=name)
-    epsg = _group_epsg(group)
-    if epsg is None:
-        raise TileSchemaError(
-            f"tile {name!r}: its store {url!r} has no CRS: add a 'spatial_ref' coordinate (rioxarray "
-            ".rio.write_crs) or an 'epsg' attribute (tile schema: DESIGN.md, 'The tile store')"
-        )
+    epsg = tile_group_epsg(group, name=name)
     if epsg != tile.epsg:
         raise TileMismatchError(
             f"tile {name!r}: its store {url!r} is in EPSG:{epsg}, but the id places it in UTM zone "
@@ -406,21 +401,6 @@ def _open_fitted(tile: TileRef, url: str, storage_options: StorageOptions) -> tu
         mask_variable=MASK_REFINED if MASK_REFINED in group else MASK,
         has_sigma=DECLOUDED_SIGMA in group,
     ), group
-
-
-def _group_epsg(group: zarr.Group) -> int | None:
-    """The EPSG code of a tile store: its ``epsg`` attribute, else its ``spatial_ref``'s CRS."""
-    if "epsg" in group.attrs:
-        return int(cast(int, group.attrs["epsg"]))
-    if "spatial_ref" not in group:
-        return None
-    wkt = zarr_array(group, "spatial_ref").attrs.get("crs_wkt")
-    if not wkt:
-        return None
-    from pyproj import CRS
-
-    code = CRS.from_wkt(str(wkt)).to_epsg()
-    return None if code is None else int(code)
 
 
 def _duplicate_days(days: np.ndarray) -> str:

@@ -20,7 +20,7 @@ import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import fsspec
 import numpy as np
@@ -29,6 +29,7 @@ import xarray as xr
 import zarr
 import zarr.codecs  # already loaded by `import zarr`; named so type checkers see the submodule
 import zarr.registry
+from pyproj import CRS
 from zarr.core.codec_pipeline import BatchedCodecPipeline
 
 from tiler.errors import (
@@ -202,7 +203,7 @@ def validate_tile(
     """Check a tile against the schema; raise :class:`TileSchemaError` naming what is wrong."""
 
     def fail(what: str) -> TileSchemaError:
-        return TileSchemaError(f"tile {name!r}: {what} (tile schema: DESIGN.md, 'The tile store')")
+        return _schema_error(name, what)
 
     for var in require:
         if var not in ds:
@@ -241,7 +242,7 @@ def validate_tile(
         raise fail("'s2_declouded' and 's2' disagree on bands")
     epsg = _epsg_of(ds)
     if epsg is None:
-        raise fail("no CRS: add a 'spatial_ref' coordinate (rioxarray .rio.write_crs) or an 'epsg' attribute")
+        raise fail(NO_CRS)
     bands = tuple(str(b) for b in ds["band"].values) if "band" in ds.coords else ()
     xs = ds["x"].values
     resolution = float(abs(xs[1] - xs[0])) if xs.size > 1 else float("nan")
@@ -255,6 +256,14 @@ def validate_tile(
         resolution=resolution,
         has_declouded=DECLOUDED in ds,
     )
+
+
+#: What a tile store without a CRS lacks, and how to add it.
+NO_CRS = "no CRS: add a 'spatial_ref' coordinate (rioxarray .rio.write_crs) or an 'epsg' attribute"
+
+
+def _schema_error(name: str, what: str) -> TileSchemaError:
+    return TileSchemaError(f"tile {name!r}: {what} (tile schema: DESIGN.md, 'The tile store')")
 
 
 def _epsg_of(ds: xr.Dataset) -> int | None:
@@ -543,20 +552,30 @@ def open_tile_group(
         raise TileStoreError(f"tile {name!r}: cannot open {url!r} as a Zarr store: {err}") from err
     for var in require:
         if var not in group:
-            raise TileSchemaError(
-                f"tile {name!r}: variable {var!r} is missing; present: {sorted(group.array_keys())} "
-                "(tile schema: DESIGN.md, 'The tile store')"
-            )
+            raise _schema_error(name, f"variable {var!r} is missing; present: {sorted(group.array_keys())}")
         array = zarr_array(group, var)
         dims, dtype = SCHEMA[var]
         # A tile store is Zarr v3 (DESIGN.md), whose metadata names the dimensions.
         names = tuple(getattr(array.metadata, "dimension_names", None) or ())
-        if names != dims or array.dtype != dtype:
-            raise TileSchemaError(
-                f"tile {name!r}: variable {var!r} has dims {names} and dtype "
-                f"{array.dtype}, expected {dims} and {dtype} (tile schema: DESIGN.md, 'The tile store')"
+        # s1_time is stored CF-encoded (numbers with units): its datetime dtype exists only decoded.
+        if names != dims or (var != S1_TIME and array.dtype != dtype):
+            raise _schema_error(
+                name,
+                f"variable {var!r} has dims {names} and dtype {array.dtype}, expected {dims} and {dtype}",
             )
     return group
+
+
+def tile_group_epsg(group: zarr.Group, *, name: str) -> int:
+    """The EPSG code of a tile store opened with :func:`open_tile_group`: its ``epsg`` attribute, else its
+    ``spatial_ref``'s CRS (what :func:`validate_tile` reads from a Dataset); refused without either."""
+    if "epsg" in group.attrs:
+        return int(cast(int, group.attrs["epsg"]))
+    wkt = zarr_array(group, "spatial_ref").attrs.get("crs_wkt") if "spatial_ref" in group else None
+    code = CRS.from_wkt(str(wkt)).to_epsg() if wkt else None
+    if code is None:
+        raise _schema_error(name, NO_CRS)
+    return int(code)
 
 
 def tile_times(group: zarr.Group) -> np.ndarray:
