@@ -285,6 +285,19 @@ def _blocks_span(start: float, stop: float, block: float) -> float:
     return min((last + 1) * block, PC_MGRS_EXTENT_M) - first * block
 
 
+def _phases(marks: dict[str, float], start: float) -> dict[str, float]:
+    """Seconds of each ingest phase from the clock readings at each step's last progress event (wall or
+    CPU). S1 is read while the masks are computed: one phase from the end of the S2 read to the later
+    of the two."""
+    both = max(marks["masks"], marks["s1"])
+    return {
+        "search": marks["search"] - start,
+        "s2 read": marks["s2"] - marks["search"],
+        "masks + s1 read (+ s2 write)": both - marks["s2"],
+        "write (rest)": marks["write"] - both,
+    }
+
+
 def decode_all(files: list[Path]) -> float:
     """Seconds to decode every COG in full with plain rasterio, one after the other (the baseline)."""
     t0 = time.perf_counter()
@@ -395,22 +408,8 @@ def main() -> None:
             # System time (first touches of fresh memory, mostly): high in a process's first ingests.
             sys_s = resource.getrusage(resource.RUSAGE_SELF).ru_stime - sys0
             assert len(summary.dates) == args.dates and summary.n_paired == args.dates
-            # S1 is read while the masks are computed: one phase from the end of the S2 read to the
-            # later of the two.
-            both = max(marks["masks"], marks["s1"])
-            phases = {
-                "search": marks["search"] - t0,
-                "s2 read": marks["s2"] - marks["search"],
-                "masks + s1 read (+ s2 write)": both - marks["s2"],
-                "write (rest)": marks["write"] - both,
-            }
-            cpu_both = max(cpu_marks["masks"], cpu_marks["s1"])
-            cpu_phases = {
-                "search": cpu_marks["search"] - c0,
-                "s2 read": cpu_marks["s2"] - cpu_marks["search"],
-                "masks + s1 read (+ s2 write)": cpu_both - cpu_marks["s2"],
-                "write (rest)": cpu_marks["write"] - cpu_both,
-            }
+            phases = _phases(marks, t0)
+            cpu_phases = _phases(cpu_marks, c0)
             runs.append(total)
             c0 = time.process_time()
             decodes.append(decode_all(files))  # right after, so both see the same load on a shared machine

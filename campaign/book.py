@@ -131,8 +131,10 @@ class TileBook:
     # ------------------------------------------------------------------ ledger records
     def get(self, tile_id: str) -> TileRecord | None:
         """The tile's latest record (written, being written or waiting to be), or None."""
-        record = self._pending.get(tile_id) or self._writing.get(tile_id)
-        return record if record is not None else self.ledger.get(tile_id)
+        for waiting in (self._pending, self._writing):
+            if tile_id in waiting:
+                return waiting[tile_id]
+        return self.ledger.get(tile_id)
 
     def record(self, tile_id: str) -> TileRecord:
         record = self.get(tile_id)
