@@ -6,6 +6,8 @@
     python bench/fit.py --sections flops,speed,psnr --threads 2
     python bench/fit.py --device cuda --sections cost   # the cost table on a GPU (bench/fit_cost.py)
     python bench/fit.py --sections compare    # paper vs fast and the levers: FLOPs, quality, seconds
+    python bench/fit.py --sections field      # the same-date field at a full tile: with similar pixels vs
+                                              # the date's mean (seconds, on --device)
                                               # (the full paper schedule on a crop: ~1.5 h per window here)
 
 Every figure is printed next to a baseline measured in the same process: the ``paper`` preset for cost,
@@ -145,6 +147,40 @@ def section_tile(threads: int) -> None:
         print(f"{name:8s} {seconds:8.2f} s/iter x {iterations} iterations = {per_tile:,.0f} s/tile")
 
 
+#: The field section's series: 30 dates, the paper's 13 bands, 384×768 px; this share of each date visible.
+FIELD_VISIBLE_SHARE = 0.5
+
+
+def section_field(device: str) -> None:
+    """Seconds of one same-date field over a full tile, with :data:`fit.config.FAST`'s similar pixels and
+    without (the date's mean): the fit computes two such fields (the held-out check's and the output's)."""
+    from fit.config import FAST
+    from fit.date_field import date_residual_field
+
+    n_dates, height, width = TILE_DATES, *PAPER_SHAPE[1:]
+    print(f"\n== the same-date field at a full tile ({n_dates} dates x {len(PAPER_BANDS)} bands x {height}x"
+          f"{width} px, {FIELD_VISIBLE_SHARE:.0%} of each date visible in 32 px blocks; seeded random "
+          f"values, the cost does not depend on them), device {device}")  # fmt: skip
+    rng = np.random.default_rng(0)
+    shape = (n_dates, len(PAPER_BANDS), height, width)
+    guide = rng.uniform(0.0, 0.5, shape).astype(np.float32)
+    reflectance = (guide + rng.normal(0.0, 0.02, shape)).astype(np.float32)
+    blocks = rng.random((n_dates, height // 32, width // 32)) < FIELD_VISIBLE_SHARE
+    visible = np.repeat(np.repeat(blocks, 32, axis=1), 32, axis=2)
+    torch_device = torch.device(device)
+    seconds = {}
+    for similar in (0, FAST.date_field_similar):
+        started = time.perf_counter()
+        date_residual_field(reflectance, guide, visible, blue=1, device=torch_device, similar=similar)
+        if torch_device.type == "cuda":
+            torch.cuda.synchronize(torch_device)
+        seconds[similar] = time.perf_counter() - started
+    base = seconds[0]
+    for similar, value in seconds.items():
+        label = "the date's mean" if similar == 0 else f"{similar} similar pixels"
+        print(f"  {label:20s} {value:8.1f} s per field  ({value / base:.2f}x the date's mean)")
+
+
 def section_psnr(device: str, dates: Sequence[tuple[int, int]]) -> None:
     print("\n== PSNR (painted region, cloudiest paint) from `evaluate` against iterations, fast preset")
     tile = TileArrays.from_dataset(open_tile(str(SAMPLE)).load())
@@ -172,7 +208,7 @@ def main() -> None:
     parser.add_argument(
         "--sections",
         default="flops,speed,cost",
-        help="comma-separated: flops, speed, tile, psnr, cost, cost-quality, compare",
+        help="comma-separated: flops, speed, tile, psnr, cost, cost-quality, compare, field",
     )
     parser.add_argument("--threads", type=int, default=2, help="torch threads (2 cores here)")
     parser.add_argument("--device", default="cpu")
@@ -187,6 +223,8 @@ def main() -> None:
         section_speed(args.threads)
     if "tile" in sections:
         section_tile(args.threads)
+    if "field" in sections:
+        section_field(args.device)
     if "psnr" in sections:
         windows = [tuple(int(v) for v in w.split(":")) for w in args.dates.split(",")]
         section_psnr(args.device, windows)

@@ -550,7 +550,9 @@ def decloud(
         key = hashlib.blake2b(np.packbits(visible).tobytes(), digest_size=16).digest()
         if key not in last_field:
             last_field.clear()
-            last_field[key] = date_residual_field(reflectance, guide, visible, blue=blue, device=torch_device)
+            last_field[key] = date_residual_field(
+                reflectance, guide, visible, blue=blue, device=torch_device, similar=config.date_field_similar
+            )
         return last_field[key]
 
     def assemble(visible: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:

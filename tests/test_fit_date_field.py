@@ -11,7 +11,15 @@ import torch
 from fit.arrays import TileArrays
 from fit.baselines import temporal_linear
 from fit.config import FAST, SMOKE, FitConfig
-from fit.date_field import DATE_FIELD_PRIOR, _blur_torch, blur, date_residual_field
+from fit.date_field import (
+    DATE_FIELD_PRIOR,
+    SIMILAR_MIN_PER_NEIGHBOUR,
+    SIMILAR_PRIOR,
+    _blur_torch,
+    blur,
+    date_residual_field,
+    similar_mean,
+)
 from fit.declouder import decloud, guide_series, trusted_clear
 from fit.errors import FitConfigError
 from fit.evaluate import paint
@@ -127,3 +135,77 @@ def test_bright_blue_outliers_stay_out_of_the_field() -> None:
     plain = date_residual_field(values, guide, visible, blue=0)
     np.testing.assert_allclose(date_residual_field(hazy, guide, visible, blue=0), plain, atol=1e-6)
     assert np.abs(date_residual_field(hazy, guide, visible) - plain)[1, :, 8, 8].min() > 0.01
+
+
+def _two_crops(hole: slice) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """3 dates of 24×24 px, 2 bands, two "crops" in alternating 3-px columns with different courses
+    over the window; on the middle date crop A is 0.04 above its interpolation and crop B 0.04 below.
+    ``hole`` (rows and columns) of the middle date is hidden. Returns values, guide, visible, crop A."""
+    rng = np.random.default_rng(1)
+    crop_a = (np.arange(24) // 3 % 2 == 0)[None, :].repeat(24, axis=0)
+    values = np.empty((3, 2, 24, 24))
+    values[0] = np.where(crop_a, 0.2, 0.3)
+    values[2] = np.where(crop_a, 0.4, 0.25)
+    values[1] = 0.5 * (values[0] + values[2]) + np.where(crop_a, 0.04, -0.04)
+    values += rng.normal(0, 0.002, values.shape)
+    visible = np.ones((3, 24, 24), bool)
+    visible[1, hole, hole] = False
+    guide = temporal_linear(values, visible, np.array([0.0, 10.0, 20.0]), leave_one_out=True)
+    return values, guide, visible, crop_a
+
+
+def test_deep_in_a_hole_similar_pixels_carry_their_own_crops_change() -> None:
+    """The date's mean is ~0 (the two crops' changes cancel); the similar pixels' mean is each crop's."""
+    values, guide, visible, crop_a = _two_crops(slice(4, 20))
+    by_mean = date_residual_field(values, guide, visible)
+    by_similar = date_residual_field(values, guide, visible, similar=8)
+    deep = np.zeros((24, 24), bool)
+    deep[9:15, 9:15] = True  # > 4 px from any visible pixel
+    for crop, sign in ((crop_a, 1.0), (~crop_a, -1.0)):
+        pixels = deep & crop
+        assert np.abs(by_mean[1][:, pixels]).max() < 0.01
+        # Shrunk by k / (k + prior) towards the ~0 date mean: 8 / 10 of the crop's 0.04.
+        np.testing.assert_allclose(sign * by_similar[1][:, pixels], 0.032, atol=0.004)
+    error_mean = np.abs(guide[1] + by_mean[1] - values[1])[:, deep].mean()
+    error_similar = np.abs(guide[1] + by_similar[1] - values[1])[:, deep].mean()
+    assert error_similar < 0.3 * error_mean  # what is left: the shrinkage (0.008) and the noise
+
+
+def test_similar_pixels_never_bring_a_pixels_own_value_nor_a_hidden_one() -> None:
+    values, guide, visible, _ = _two_crops(slice(4, 20))
+    field = date_residual_field(values, guide, visible, similar=8)
+    own = values.copy()
+    own[1, :, 1, 1] += 0.3  # a visible pixel's own value: its own field does not move
+    moved = date_residual_field(own, guide, visible, similar=8)
+    assert np.abs(moved[1, :, 1, 1] - field[1, :, 1, 1]).max() < 1e-6
+    hidden = values.copy()
+    hidden[1][:, ~visible[1]] = 0.9  # every hidden value: no field moves
+    np.testing.assert_array_equal(date_residual_field(hidden, guide, visible, similar=8), field)
+
+
+def test_similar_mean_takes_exactly_k_others_and_a_fixed_draw_of_candidates(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    features = np.arange(10, dtype=np.float32).reshape(1, 10, 1)  # pixels on a line, 1 apart
+    seen = np.ones((1, 10), bool)
+    residual = np.arange(10, dtype=np.float32).reshape(1, 1, 10)
+    fallback = np.zeros_like(residual)
+    out = similar_mean(features, seen, residual, fallback, k=2)
+    # Pixel 0's two nearest others are 1 and 2 (mean 1.5), pixel 5's are 4 and 6 (mean 5): shrunk by 2 / 4.
+    assert out[0, 0, 0] == pytest.approx(1.5 * 2 / (2 + SIMILAR_PRIOR))
+    assert out[0, 0, 5] == pytest.approx(5.0 * 2 / (2 + SIMILAR_PRIOR))
+    # Fewer seen pixels than SIMILAR_MIN_PER_NEIGHBOUR per neighbour: the fallback.
+    few = seen.copy()
+    few[0, 2 * SIMILAR_MIN_PER_NEIGHBOUR - 1 :] = False
+    np.testing.assert_array_equal(similar_mean(features, few, residual, fallback, k=2), fallback)
+    monkeypatch.setattr("fit.date_field.SIMILAR_MAX_CANDIDATES", 2 * SIMILAR_MIN_PER_NEIGHBOUR)
+    first = similar_mean(features, seen, residual, fallback, k=2, date=3)
+    np.testing.assert_array_equal(first, similar_mean(features, seen, residual, fallback, k=2, date=3))
+    assert not np.array_equal(first, out)
+
+
+def test_similar_pixels_need_the_field() -> None:
+    with pytest.raises(FitConfigError, match="date_field_similar > 0 only with date_field"):
+        FitConfig(guide=True, date_field_similar=4)
+    with pytest.raises(FitConfigError, match="date_field_similar >= 0"):
+        FitConfig(guide=True, date_field=True, date_field_similar=-1)
