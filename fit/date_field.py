@@ -30,6 +30,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from scipy import ndimage
+from scipy.spatial import cKDTree
 from torch.nn import functional
 
 #: Gaussian scale of the local residual field, in pixels: chosen on the quality suite's six partly painted
@@ -63,8 +64,8 @@ SIMILAR_COMPONENTS = 8
 #: The components are fitted on at most this many pixels (a fixed draw beyond it; every pixel is then
 #: projected): a full tile's 295k × 390 trajectory matrix would be ~0.5 GB.
 SIMILAR_FIT_PIXELS = 20_000
-#: At most this many of a date's visible pixels are candidates (a fixed draw beyond it): the search is
-#: brute force on the fit's device, every pixel against every candidate.
+#: At most this many of a date's visible pixels are candidates (a fixed draw beyond it): every pixel of
+#: the date is searched against them (a k-d tree on a CPU, brute force on an accelerator).
 SIMILAR_MAX_CANDIDATES = 8_192
 #: The similar pixels' mean residual is shrunk towards the date's mean by k / (k + SIMILAR_PRIOR).
 SIMILAR_PRIOR = 2.0
@@ -73,7 +74,8 @@ SIMILAR_PRIOR = 2.0
 #: (:data:`DATE_FIELD_PRIOR`). On the 6×6 px tuning tile it took the partly painted case from +2.38 to
 #: +1.95 dB over linear interpolation; with this floor, +2.38 again (docs/fit.md "Similar pixels").
 SIMILAR_MIN_PER_NEIGHBOUR = 4
-#: Pixels compared per block of the search (a block's distances: this × candidates floats).
+#: Pixels per block of the search and of the averaging (a brute-force block's distances: this ×
+#: candidates floats).
 SIMILAR_BLOCK = 4_096
 #: First word of the seed of the fixed draws above (the fit's own streams use small integers).
 SIMILAR_STREAM = 0x5EED
@@ -165,26 +167,47 @@ def similar_mean(
         rng = np.random.default_rng([SIMILAR_STREAM, 1, date])
         candidates = np.sort(rng.choice(candidates, SIMILAR_MAX_CANDIDATES, replace=False))
     take = min(k + 1, candidates.size)  # one more: a candidate's own sample is dropped below
-    device = device or torch.device("cpu")
-    points = torch.as_tensor(features.reshape(-1, features.shape[-1]), device=device)
-    reference = points[torch.as_tensor(candidates, device=device)]
-    values = torch.as_tensor(residual.reshape(len(residual), -1)[:, candidates].T.copy(), device=device)
+    points = features.reshape(-1, features.shape[-1])
+    nearest = _nearest(points, points[candidates], take, device)  # (pixel, take) indices into candidates
     # Where each pixel sits among the candidates (−1: not one): its own sample is left out.
-    own = torch.full((height * width,), -1, dtype=torch.long, device=device)
-    own[torch.as_tensor(candidates, device=device)] = torch.arange(candidates.size, device=device)
-    total = torch.empty((height * width, len(residual)), dtype=torch.float32, device=device)
-    count = torch.empty((height * width, 1), dtype=torch.float32, device=device)
+    own = np.full(height * width, -1)
+    own[candidates] = np.arange(candidates.size)
+    weight = (nearest != own[:, None]).astype(np.float32)
+    # Without its own sample among them, a pixel drops the farthest instead: k neighbours for every one.
+    weight[weight.sum(axis=1) == take, -1] = 0.0
+    values = residual.reshape(len(residual), -1)[:, candidates].T  # (candidate, band)
+    total = np.empty((height * width, len(residual)), dtype=np.float32)
     for start in range(0, height * width, SIMILAR_BLOCK):
         block = slice(start, start + SIMILAR_BLOCK)
-        nearest = torch.cdist(points[block], reference).topk(take, largest=False).indices  # (n, take)
-        weight = (nearest != own[block, None]).float()
-        # Without its own sample among them, a pixel drops the farthest instead: k neighbours for every one.
-        weight[weight.sum(dim=1) == take, -1] = 0.0
-        total[block] = torch.einsum("nk,nkb->nb", weight, values[nearest])
-        count[block] = weight.sum(dim=1, keepdim=True)
-    total_np = total.cpu().numpy().T.reshape(residual.shape)
-    count_np = count.cpu().numpy().T.reshape(1, height, width)
-    return ((total_np + SIMILAR_PRIOR * fallback) / (count_np + SIMILAR_PRIOR)).astype(np.float32)
+        total[block] = np.einsum("nk,nkb->nb", weight[block], values[nearest[block]])
+    count = weight.sum(axis=1)
+    total_map = total.T.reshape(residual.shape)
+    count_map = count.reshape(1, height, width)
+    return ((total_map + SIMILAR_PRIOR * fallback) / (count_map + SIMILAR_PRIOR)).astype(np.float32)
+
+
+def _nearest(points: np.ndarray, reference: np.ndarray, take: int, device: torch.device | None) -> np.ndarray:
+    """(n, take): indices of each point's ``take`` nearest ``reference`` rows (Euclidean), nearest first.
+
+    On a CPU, a k-d tree (scipy; on a full tile's 8 components far faster than brute force there:
+    ``bench/fit.py --sections field``); on an accelerator, brute force (:func:`_nearest_brute`). Both are
+    exact, so they agree up to ties.
+    """
+    if device is None or device.type == "cpu":
+        found = cKDTree(reference).query(points, k=take, workers=torch.get_num_threads())[1]
+        return np.asarray(found).reshape(len(points), take)
+    return _nearest_brute(points, reference, take, device)
+
+
+def _nearest_brute(points: np.ndarray, reference: np.ndarray, take: int, device: torch.device) -> np.ndarray:
+    """:func:`_nearest` by brute force on ``device``, in blocks of :data:`SIMILAR_BLOCK` points."""
+    reference_on = torch.as_tensor(reference, device=device)
+    out = np.empty((len(points), take), dtype=np.int64)
+    for start in range(0, len(points), SIMILAR_BLOCK):
+        block = torch.as_tensor(points[start : start + SIMILAR_BLOCK], device=device)
+        found = torch.cdist(block, reference_on).topk(take, largest=False, sorted=True).indices
+        out[start : start + SIMILAR_BLOCK] = found.cpu().numpy()
+    return out
 
 
 def date_residual_field(

@@ -16,6 +16,8 @@ from fit.date_field import (
     SIMILAR_MIN_PER_NEIGHBOUR,
     SIMILAR_PRIOR,
     _blur_torch,
+    _nearest,
+    _nearest_brute,
     blur,
     date_residual_field,
     similar_mean,
@@ -209,3 +211,15 @@ def test_similar_pixels_need_the_field() -> None:
         FitConfig(guide=True, date_field_similar=4)
     with pytest.raises(FitConfigError, match="date_field_similar >= 0"):
         FitConfig(guide=True, date_field=True, date_field_similar=-1)
+
+
+def test_the_accelerator_search_finds_the_same_similar_pixels_as_the_cpu_one() -> None:
+    """Brute force (the accelerator path, run on the CPU here) and the k-d tree (the CPU path) find the
+    same neighbours, in the same order, on continuous features (no ties)."""
+    rng = np.random.default_rng(5)
+    points = rng.normal(size=(600, 8)).astype(np.float32)
+    reference = points[rng.random(600) < 0.5]
+    tree = _nearest(points, reference, 17, torch.device("cpu"))
+    brute = _nearest_brute(points, reference, 17, torch.device("cpu"))
+    assert tree.shape == (600, 17)
+    np.testing.assert_array_equal(brute, tree)
