@@ -147,31 +147,36 @@ def section_tile(threads: int) -> None:
         print(f"{name:8s} {seconds:8.2f} s/iter x {iterations} iterations = {per_tile:,.0f} s/tile")
 
 
-#: The field section's series: 30 dates, the paper's 13 bands, 384×768 px; this share of each date visible.
-FIELD_VISIBLE_SHARE = 0.5
-
-
 def section_field(device: str) -> None:
     """Seconds of one same-date field over a full tile, with :data:`fit.config.FAST`'s similar pixels and
-    without (the date's mean): the fit computes two such fields (the held-out check's and the output's)."""
+    without (the date's mean): the fit computes two such fields (the held-out check's and the output's).
+
+    The series is the real sample's first 30 dates (its 10 bands, its refined clear masks) tiled to
+    384×768 px, plus seeded noise (σ 0.005) so that no two pixels are equal: the search's cost depends on
+    how the pixels' trajectories spread, which random values would not show.
+    """
     from fit.config import FAST
     from fit.date_field import date_residual_field
+    from fit.declouder import guide_series, trusted_clear
 
-    n_dates, height, width = TILE_DATES, *PAPER_SHAPE[1:]
-    print(f"\n== the same-date field at a full tile ({n_dates} dates x {len(PAPER_BANDS)} bands x {height}x"
-          f"{width} px, {FIELD_VISIBLE_SHARE:.0%} of each date visible in 32 px blocks; seeded random "
-          f"values, the cost does not depend on them), device {device}")  # fmt: skip
+    sample = TileArrays.from_dataset(open_tile(str(SAMPLE)).load()).dates(0, TILE_DATES)
+    _, clear = trusted_clear(sample.reflectance, sample.mask, sample.bands, FAST)
+    height, width = PAPER_SHAPE[1:]
+    reps = (1, 1, -(-height // clear.shape[1]), -(-width // clear.shape[2]))
     rng = np.random.default_rng(0)
-    shape = (n_dates, len(PAPER_BANDS), height, width)
-    guide = rng.uniform(0.0, 0.5, shape).astype(np.float32)
-    reflectance = (guide + rng.normal(0.0, 0.02, shape)).astype(np.float32)
-    blocks = rng.random((n_dates, height // 32, width // 32)) < FIELD_VISIBLE_SHARE
-    visible = np.repeat(np.repeat(blocks, 32, axis=1), 32, axis=2)
+    observed = np.tile(np.nan_to_num(sample.reflectance), reps)[..., :height, :width]
+    observed = np.clip(observed + rng.normal(0.0, 0.005, observed.shape), 0.0, 1.0).astype(np.float32)
+    visible = np.tile(clear, reps[1:])[:, :height, :width]
+    guide = guide_series(observed, visible, sample.days)
+    print(f"\n== the same-date field at a full tile ({observed.shape[0]} dates x {observed.shape[1]} bands x "
+          f"{height}x{width} px: the real sample tiled, {visible.mean():.0%} of the samples visible), "
+          f"device {device}, {torch.get_num_threads()} threads")  # fmt: skip
     torch_device = torch.device(device)
+    blue = list(sample.bands).index("B02")
     seconds = {}
     for similar in (0, FAST.date_field_similar):
         started = time.perf_counter()
-        date_residual_field(reflectance, guide, visible, blue=1, device=torch_device, similar=similar)
+        date_residual_field(observed, guide, visible, blue=blue, device=torch_device, similar=similar)
         if torch_device.type == "cuda":
             torch.cuda.synchronize(torch_device)
         seconds[similar] = time.perf_counter() - started
