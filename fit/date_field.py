@@ -132,15 +132,21 @@ def trajectory_features(guide: np.ndarray, components: int = SIMILAR_COMPONENTS)
     pixels). Pixels close in this space follow the same course through the window: the same crop, the
     same land cover."""
     n_dates, n_bands, height, width = guide.shape
-    flat = guide.reshape(n_dates * n_bands, height * width).T.astype(np.float32)  # (pixel, date·band)
+    # (date·band, pixel): a view, not a copy; a full tile's is ~0.5 GB in float32.
+    columns = np.asarray(guide, dtype=np.float32).reshape(n_dates * n_bands, height * width)
     rng = np.random.default_rng([SIMILAR_STREAM, 0])
-    if len(flat) > SIMILAR_FIT_PIXELS:
-        sample = flat[rng.choice(len(flat), SIMILAR_FIT_PIXELS, replace=False)]
+    if columns.shape[1] > SIMILAR_FIT_PIXELS:
+        sample = columns[:, rng.choice(columns.shape[1], SIMILAR_FIT_PIXELS, replace=False)].T
     else:
-        sample = flat
+        sample = columns.T
     mean, std = sample.mean(axis=0), sample.std(axis=0) + np.float32(1e-6)
     basis = np.linalg.svd((sample - mean) / std, full_matrices=False)[2][:components]  # (c, date·band)
-    return (((flat - mean) / std) @ basis.T).reshape(height, width, -1).astype(np.float32)
+    # ((x − mean) / std) · basis, block by block: no standardised copy of the whole tile.
+    out = np.empty((height * width, len(basis)), dtype=np.float32)
+    for start in range(0, height * width, SIMILAR_FIT_PIXELS):
+        block = columns[:, start : start + SIMILAR_FIT_PIXELS].T
+        out[start : start + SIMILAR_FIT_PIXELS] = ((block - mean) / std) @ basis.T
+    return out.reshape(height, width, -1)
 
 
 def similar_mean(
