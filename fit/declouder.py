@@ -655,15 +655,17 @@ def decloud(
             ) -> None:
                 report(passes_done, steps_done, finish(raw))
 
+        def regimes(visible: np.ndarray) -> np.ndarray:
+            return guide_regimes(visible, days)
+
+        samples = _Samples(clear, learn, held, hidden, assemble, draw_hidden, days, regimes, blue)
         fitted = _fit(
             net,
             perceptual,
             inputs,
             s2,
             guide,
-            _Samples(
-                clear, learn, held, hidden, assemble, draw_hidden, days, lambda v: guide_regimes(v, days)
-            ),
+            samples,
             plan,
             config,
             torch_device,
@@ -803,6 +805,8 @@ class _Samples:
     days: np.ndarray
     #: ``regimes(visible)``: each sample's guide regime when only ``visible`` samples are known.
     regimes: Callable[[np.ndarray], np.ndarray] | None = None
+    #: The index of the blue band (B02) among the bands, if there is one (the σ model's haze test).
+    blue: int | None = None
 
 
 def fit_shrinkage(
@@ -1061,7 +1065,9 @@ def _fit(
         raw = predict(*network_input(full_input, full_guide))
         final = _apply_factors(full_guide, raw, factor, full_regimes)
         # The held-out samples' errors, made without them, model the output's (fit.uncertainty).
-        error_model = fit_error_model(reflectance, checked, seen_guide, learn, held, samples.days, seed)
+        error_model = fit_error_model(
+            reflectance, checked, seen_guide, learn, held, samples.days, seed, samples.blue
+        )
         sigma = (
             None
             if error_model is None
@@ -1071,7 +1077,9 @@ def _fit(
     elif held.any():
         # No shrinkage: the output itself was predicted from the learned samples only.
         seen_guide = None if guide is None else (samples.assemble(learn)[1] if hiding else guide)
-        error_model = fit_error_model(reflectance, result, seen_guide, learn, held, samples.days, seed)
+        error_model = fit_error_model(
+            reflectance, result, seen_guide, learn, held, samples.days, seed, samples.blue
+        )
         sigma = (
             None
             if error_model is None

@@ -14,7 +14,7 @@ from fit.config import SMOKE
 from fit.declouder import decloud, feather_weights
 from fit.metrics import DROP_FRACTION, ONE_SIGMA, calibration
 from fit.tile import fit_tile, sigma_to_stored
-from fit.uncertainty import fit_error_model, predict_sigma, propagate
+from fit.uncertainty import fit_error_model, predict_sigma, propagate, without_hazy_dates
 from tiler.store import DECLOUDED, DECLOUDED_SIGMA, S2_NODATA, SIGMA_NODATA, open_tile, write_tile
 
 #: 8 real dates (2018-10..11), 24×24 px of the sample: the smoke fit with a held-out share takes seconds.
@@ -222,3 +222,26 @@ def test_demo_writes_the_uncertainty_quicklook(tmp_path: Path) -> None:
     (fit_row,) = [r for r in json.loads(result.metrics.read_text())["evaluation"]["rows"]
                   if (r["method"], r["variant"]) == ("fit", "s1")]  # fmt: skip
     assert 0 <= fit_row["calibration"]["coverage"] <= 1 and fit_row["calibration"]["pixels"] > 0
+
+
+def test_a_held_out_date_hazy_against_the_fill_is_left_out_of_the_error_model() -> None:
+    """Five held-out dates of 10×10 px, 2 bands (blue first): their residuals scatter around 0, except on
+    date 3 whose observation is 0.05 brighter than the fill in blue (haze the masks missed)."""
+    rng = np.random.default_rng(0)
+    prediction = np.full((5, 2, 10, 10), 0.2)
+    reflectance = prediction + rng.normal(0.0, 0.01, prediction.shape)
+    reflectance[3, 0] += 0.05
+    held = np.ones((5, 10, 10), bool)
+    kept = without_hazy_dates(reflectance, prediction, held, blue=0)
+    assert not kept[3].any() and kept[[0, 1, 2, 4]].all()
+    # The same date darker in blue (a shadow, a real change) is not haze: kept.
+    darker = reflectance.copy()
+    darker[3, 0] -= 0.1
+    assert without_hazy_dates(darker, prediction, held, blue=0).all()
+    # Without a blue band nothing is left out.
+    assert without_hazy_dates(reflectance, prediction, held, blue=None).all()
+    # A model fitted with the blue band never learns from the hazy date's samples.
+    model = fit_error_model(reflectance, prediction, None, ~held, held, np.arange(5.0) * 10, blue=0)
+    plain = fit_error_model(reflectance, prediction, None, ~held, held, np.arange(5.0) * 10)
+    assert model is not None and plain is not None
+    assert model.samples == plain.samples - 100 * 2
