@@ -27,6 +27,10 @@ measure the output's own error whatever the guide: the guide's error on the visi
 (a guide that takes the date's own visible pixels, ``date_field``, errs 2–5 times less there than in a
 hole, so a level taken from them made σ far too narrow: docs/fit.md, "Uncertainty").
 
+Held-out dates whose observation is brighter in blue than the fill (haze the masks missed: the "truth"
+itself is wrong there) are left out first (:func:`without_hazy_dates`): they would set the conformal
+level for every date and make σ too wide on clean ones.
+
 Few held-out samples (a tiny tile): no regression, a per-band constant (the band's 68.27 % quantile of
 |r|), or one pooled constant when a band has too few. No held-out sample at all
 (``holdout_fraction=0``): no model, and the fit reports no σ (``None``).
