@@ -288,8 +288,9 @@ FAST = FitConfig(
     # and its worst case from -2.61 to -0.83 dB with it, docs/fit.md "The same-date field").
     date_field=True,
     # Deep inside a cloud, the field takes what the 16 most similar visible pixels of the date did, not
-    # the date's mean (the guide alone on the six partly painted oracle tuning cases: mean / worst over the
-    # best of linear and ridge +1.66 / -0.31 -> +2.23 / +0.47 dB; docs/fit.md "Similar pixels").
+    # the date's mean (the guide alone on the six partly painted oracle tuning cases, seeds 0-2: mean /
+    # worst over the best of linear and ridge +1.69 / -0.32 -> +2.30 / +0.40 dB; the suite's oracle mean
+    # +0.85 -> +1.16 dB; docs/fit.md "Similar pixels").
     date_field_similar=16,
     # Blend observed into fitted over 3 px at the fill's edge (method step 10).
     feather_px=FEATHER_PX,
