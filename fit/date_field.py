@@ -118,12 +118,23 @@ def _centre_weight(scale_px: float) -> float:
     return float(taps[len(taps) // 2] ** 2)
 
 
+#: A normal distribution's standard deviation is this × its median absolute deviation.
+MAD_TO_SD = 1.4826
+
+
+def bright_outliers(values: np.ndarray, sample: np.ndarray, sds: float, floor: float) -> np.ndarray:
+    """Which ``values`` lie more than ``sds`` robust standard deviations (:data:`MAD_TO_SD` × the median
+    absolute deviation of ``sample``, plus ``floor``) above ``sample``'s median: the haze test of the
+    field (a date's visible pixels) and of the σ model (``fit.uncertainty.without_hazy_dates``, whole
+    held-out dates). Haze brightens blue, so only the bright side counts."""
+    centre = float(np.median(sample))
+    spread = MAD_TO_SD * float(np.median(np.abs(sample - centre))) + floor
+    return np.asarray(values - centre > sds * spread)
+
+
 def _hazy(residual: np.ndarray, seen: np.ndarray) -> np.ndarray:
     """(y, x): visible pixels whose (blue) residual is a bright outlier of the date's visible ones."""
-    values = residual[seen]
-    median = np.median(values)
-    spread = 1.4826 * float(np.median(np.abs(values - median))) + DATE_FIELD_MAD_FLOOR
-    return seen & (residual - median > DATE_FIELD_HAZE_MADS * spread)
+    return seen & bright_outliers(residual, residual[seen], DATE_FIELD_HAZE_MADS, DATE_FIELD_MAD_FLOOR)
 
 
 def trajectory_features(guide: np.ndarray, components: int = SIMILAR_COMPONENTS) -> np.ndarray:

@@ -48,6 +48,7 @@ import numpy as np
 from scipy import ndimage
 
 from fit.baselines import _neighbours, observation_gaps
+from fit.date_field import bright_outliers
 
 #: The share of a Gaussian's mass within ±1σ: what ±1σ coverage is calibrated to.
 ONE_SIGMA = 0.6827
@@ -326,13 +327,10 @@ def without_hazy_dates(
     if blue is None or not held.any():
         return held
     residual = reflectance[:, blue] - np.clip(prediction[:, blue], 0.0, 1.0)  # (time, y, x), signed
-    values = residual[held]
-    centre = float(np.median(values))
-    spread = 1.4826 * float(np.median(np.abs(values - centre))) + HAZY_FLOOR
+    dates = np.flatnonzero(held.any(axis=(1, 2)))
+    medians = np.array([np.median(residual[date][held[date]]) for date in dates])
     kept = held.copy()
-    for date in np.flatnonzero(held.any(axis=(1, 2))):
-        if np.median(residual[date][held[date]]) - centre > HAZY_DATE_SDS * spread:
-            kept[date] = False
+    kept[dates[bright_outliers(medians, residual[held], HAZY_DATE_SDS, HAZY_FLOOR)]] = False
     return kept if kept.any() else held
 
 
