@@ -289,8 +289,8 @@ FAST = FitConfig(
     date_field=True,
     # Deep inside a cloud, the field takes what the 16 most similar visible pixels of the date did, not
     # the date's mean (the guide alone on the six partly painted oracle tuning cases, seeds 0-2: mean /
-    # worst over the best of linear and ridge +1.69 / -0.32 -> +2.30 / +0.40 dB; the suite's oracle mean
-    # +0.85 -> +1.16 dB; docs/fit.md "Similar pixels").
+    # worst over the best of linear and ridge +1.69 / -0.32 -> +2.30 / +0.40 dB, `python bench/field.py`;
+    # the suite's oracle mean +0.85 -> +1.16 dB, bench/quality.py; docs/fit.md "Similar pixels").
     date_field_similar=16,
     # Blend observed into fitted over 3 px at the fill's edge (method step 10).
     feather_px=FEATHER_PX,

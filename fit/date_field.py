@@ -57,9 +57,10 @@ DATE_FIELD_MAD_FLOOR = 1e-3
 DATE_FIELD_PRIOR = 100.0
 #: Similar pixels are compared on this many principal components of their guide trajectories (every
 #: date and band of the guide, each standardised). On the quality suite's six partly painted oracle tuning
-#: cases (guide alone, seed 0; docs/fit.md "Similar pixels"), 4, 8 and 16 components score within 0.03 dB
-#: of each other on the mean (+2.22 to +2.25 dB over the best of linear and ridge); 8 leaves room for the
-#: more kinds of land cover a full tile holds than a 24×24 px crop.
+#: cases (the guide alone, seeds 0-2: ``python bench/field.py --protocols oracle --components 4,8,16``),
+#: 4, 8 and 16 components score within 0.03 dB of each other on the mean (+2.32, +2.30, +2.33 dB over the
+#: best of linear and ridge); 8 leaves room for the more kinds of land cover a full tile holds than a
+#: 24×24 px crop.
 SIMILAR_COMPONENTS = 8
 #: The components are fitted on at most this many pixels (a fixed draw beyond it; every pixel is then
 #: projected): a full tile's 295k × 390 trajectory matrix would be ~0.5 GB.
@@ -236,6 +237,7 @@ def date_residual_field(
     blue: int | None = None,
     device: torch.device | None = None,
     similar: int = 0,
+    components: int = SIMILAR_COMPONENTS,
 ) -> np.ndarray:
     """(time, band, y, x): each date's guide error interpolated from its other visible pixels.
 
@@ -244,11 +246,12 @@ def date_residual_field(
     the blue band (B02), whose bright outliers are left out (:data:`DATE_FIELD_HAZE_MADS`); None: none
     are. ``device``: where to convolve and search (None or a CPU: scipy for the convolution).
     ``similar``: where few visible pixels are near, take the mean residual of this many most similar
-    visible pixels of the date (:func:`similar_mean`) instead of the date's mean alone (0: the mean).
+    visible pixels of the date (:func:`similar_mean`) instead of the date's mean alone (0: the mean),
+    compared on ``components`` principal components of the guide's trajectories.
     """
     field = np.zeros(guide.shape, dtype=np.float32)
     centre = _centre_weight(scale_px)
-    features = trajectory_features(guide) if similar else None
+    features = trajectory_features(guide, components) if similar else None
     for date in np.flatnonzero(visible.any(axis=(1, 2))):
         seen = visible[date]
         if blue is not None:
