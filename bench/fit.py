@@ -8,6 +8,8 @@
     python bench/fit.py --sections compare    # paper vs fast and the levers: FLOPs, quality, seconds
     python bench/fit.py --sections field      # the same-date field at a full tile: with similar pixels vs
                                               # the date's mean (seconds, on --device)
+    python bench/fit.py --sections overhead --threads 1   # a fit's work beside the network at a full
+                                              # tile, stage by stage, against the network's (~7 min here)
                                               # (the full paper schedule on a crop: ~1.5 h per window here)
 
 Every figure is printed next to a baseline measured in the same process: the ``paper`` preset for cost,
@@ -186,6 +188,89 @@ def section_field(device: str) -> None:
         print(f"  {label:20s} {value:8.1f} s per field  ({value / base:.2f}x the date's mean)")
 
 
+#: ``bench/fit.py --sections overhead``: the stages of a fit outside the network, by the function whose
+#: cumulative profile time is theirs ((file name, function name), every call summed).
+OVERHEAD_STAGES: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
+    ("masks (refine_masks)", (("masks.py", "refine_masks"),)),
+    ("guide (guide_series: interpolation in time)", (("declouder.py", "guide_series"),)),
+    ("same-date field, less its search", (("date_field.py", "date_residual_field"),)),
+    ("similar-pixel search (_nearest)", (("date_field.py", "_nearest"),)),
+    ("shrinkage (fit_shrinkage, _apply_factors)",
+     (("declouder.py", "fit_shrinkage"), ("declouder.py", "_apply_factors"))),
+    ("sigma: error model (fit_error_model)", (("uncertainty.py", "fit_error_model"),)),
+    ("sigma: prediction (predict_sigma)", (("uncertainty.py", "predict_sigma"),)),
+)  # fmt: skip
+#: The network's own work in that profile: every forward pass and every backward pass.
+NETWORK_FUNCTIONS: tuple[tuple[str, str], ...] = (
+    ("network.py", "forward"),
+    ("~", "<method 'run_backward' of 'torch._C._EngineBase' objects>"),
+)
+
+
+def section_overhead(threads: int) -> None:
+    """Seconds of one ``fast`` fit's work outside the network on a full 30-date 384×768 tile, by stage.
+
+    On a GPU the network of ``fast`` is seconds per tile (its FLOPs at the stated throughputs below); what
+    runs beside it on the host (masks, guide, fields, shrinkage, σ) decides how many tiles a GPU-hour
+    fits once the host is the slower side. The fit is ``fast`` with the smoke preset's small network and
+    one step per window, so that its network time is small and reported apart: every stage outside the
+    network does the same work as in ``fast`` (the same tile, masks, hold-out, fields and σ). The tile is
+    the real sample's first 30 dates (10 bands, S1) tiled to 384×768 px with seeded noise (σ 0.005), as
+    in the ``field`` section. Timed with cProfile on the CPU (the profiler adds a little per call).
+    """
+    import cProfile
+    import dataclasses
+    import pstats
+
+    from fit.config import FAST, SMOKE
+    from fit.cost import GPU_THROUGHPUT_TFLOPS, tile_flops
+    from fit.declouder import decloud
+
+    sample = TileArrays.from_dataset(open_tile(str(SAMPLE)).load()).dates(0, TILE_DATES)
+    height, width = PAPER_SHAPE[1:]
+    reps = (1, 1, -(-height // sample.reflectance.shape[2]), -(-width // sample.reflectance.shape[3]))
+    rng = np.random.default_rng(0)
+    s2 = np.tile(np.nan_to_num(sample.reflectance), reps)[..., :height, :width]
+    s2 = np.clip(s2 + rng.normal(0.0, 0.005, s2.shape), 1e-4, 1.0).astype(np.float32)
+    mask = np.tile(sample.mask, reps[1:])[:, :height, :width]
+    s1 = np.tile(sample.s1, reps)[..., :height, :width]
+    config = dataclasses.replace(
+        FAST,
+        passes=1,
+        iterations_per_window=1,
+        channels_down=SMOKE.channels_down,
+        channels_up=SMOKE.channels_up,
+        skip_channels=SMOKE.skip_channels,
+    )
+    print(f"\n== a fit's work beside the network at a full tile ({s2.shape[0]} dates x {s2.shape[1]} bands "
+          f"x {height}x{width} px, the real sample tiled), fast with a small network, cpu, "
+          f"{threads} threads")  # fmt: skip
+    profile = cProfile.Profile()
+    started = time.perf_counter()
+    profile.enable()
+    decloud(s2, mask, s1, config, bands=sample.bands, days=sample.days, device="cpu", seed=0)
+    profile.disable()
+    total = time.perf_counter() - started
+    cumulative: dict[tuple[str, str], float] = {}
+    for (filename, _, function), row in pstats.Stats(profile).stats.items():  # type: ignore[attr-defined]
+        key = (Path(filename).name, function)
+        cumulative[key] = cumulative.get(key, 0.0) + row[3]
+    seconds = {label: sum(cumulative.get(f, 0.0) for f in functions) for label, functions in OVERHEAD_STAGES}
+    seconds["same-date field, less its search"] -= seconds["similar-pixel search (_nearest)"]
+    network = sum(cumulative.get(f, 0.0) for f in NETWORK_FUNCTIONS)
+    beside = total - network
+    for label, value in seconds.items():
+        print(f"  {label:48s} {value:8.1f} s  ({value / beside:5.1%} of the work beside the network)")
+    print(f"  {'the rest (I/O, windows, losses, bookkeeping)':48s} {beside - sum(seconds.values()):8.1f} s")
+    print(f"  {'beside the network, in all':48s} {beside:8.1f} s")
+    print(f"  {'the small network (forward + backward)':48s} {network:8.1f} s  (not fast's network)")
+    flops = tile_flops(FAST)
+    for name, tflops in GPU_THROUGHPUT_TFLOPS.items():
+        gpu = flops.gpu_seconds(tflops)
+        print(f"  fast's network on a GPU at {tflops:.1f} TFLOP/s ({name}, an estimate): {gpu:6.1f} s per "
+              f"tile; the work beside it here is {beside / gpu:.1f}x that")  # fmt: skip
+
+
 def section_psnr(device: str, dates: Sequence[tuple[int, int]]) -> None:
     print("\n== PSNR (painted region, cloudiest paint) from `evaluate` against iterations, fast preset")
     tile = TileArrays.from_dataset(open_tile(str(SAMPLE)).load())
@@ -213,7 +298,7 @@ def main() -> None:
     parser.add_argument(
         "--sections",
         default="flops,speed,cost",
-        help="comma-separated: flops, speed, tile, psnr, cost, cost-quality, compare, field",
+        help="comma-separated: flops, speed, tile, psnr, cost, cost-quality, compare, field, overhead",
     )
     parser.add_argument("--threads", type=int, default=2, help="torch threads (2 cores here)")
     parser.add_argument("--device", default="cpu")
@@ -230,6 +315,8 @@ def main() -> None:
         section_tile(args.threads)
     if "field" in sections:
         section_field(args.device)
+    if "overhead" in sections:
+        section_overhead(args.threads)
     if "psnr" in sections:
         windows = [tuple(int(v) for v in w.split(":")) for w in args.dates.split(",")]
         section_psnr(args.device, windows)

@@ -71,7 +71,9 @@ def _finish(
 ) -> np.ndarray:
     """Keep the observations under ``keep``; NaN in ``filled`` (nothing to fill from) -> the fallback."""
     valid = keep if valid is None else valid
-    filled = np.where(np.isfinite(filled), filled, _fallback(values, valid))
+    missing = ~np.isfinite(filled)
+    if missing.any():  # the median of every valid observation: seconds on a full tile, so only if needed
+        filled = np.where(missing, _fallback(values, valid), filled)
     return np.where(keep[:, None], values, filled).astype(values.dtype)
 
 
@@ -85,19 +87,30 @@ def temporal_linear(
     """
     n = values.shape[0]
     prev, nxt = _neighbours(valid, exclude_self=leave_one_out)
-    t = np.asarray(days, dtype=np.float64).reshape(-1, 1, 1)
-    has_prev, has_next = prev >= 0, nxt < n
-    t_prev = np.take(t.ravel(), np.clip(prev, 0, n - 1))
-    t_next = np.take(t.ravel(), np.clip(nxt, 0, n - 1))
-    both = has_prev & has_next
-    span = np.where(both, t_next - t_prev, 1.0)
-    weight = np.where(both, (t - t_prev) / np.where(span == 0, 1.0, span), 0.0)[:, None]
-    v_prev, v_next = _take(values, prev), _take(values, nxt)
-    # np.where, not arithmetic, picks the one-sided cases: the missing side may hold NaN.
-    one_sided = np.where(has_prev[:, None], v_prev, v_next)
-    filled = np.where(both[:, None], (1.0 - weight) * v_prev + weight * v_next, one_sided)
-    filled = np.where((has_prev | has_next)[:, None], filled, np.nan)  # nothing to interpolate from
-    return _finish(values, np.zeros_like(valid) if leave_one_out else valid, filled, valid)
+    t = np.asarray(days, dtype=np.float64)
+    keep = np.zeros_like(valid) if leave_one_out else valid
+    out = np.empty(values.shape, dtype=values.dtype)
+    fallback: np.ndarray | None = None
+    # Date by date: the float64 arithmetic of a whole tile at once needs several GB of temporaries and
+    # took 5x as long (bench/fit.py --sections overhead); the values are the same to the bit.
+    for date in range(n):
+        before, after = prev[date], nxt[date]
+        has_prev, has_next = before >= 0, after < n
+        both = has_prev & has_next
+        t_prev, t_next = t[np.clip(before, 0, n - 1)], t[np.clip(after, 0, n - 1)]
+        span = np.where(both, t_next - t_prev, 1.0)
+        weight = np.where(both, (t[date] - t_prev) / np.where(span == 0, 1.0, span), 0.0)[None]
+        v_prev, v_next = _take(values, before[None])[0], _take(values, after[None])[0]
+        # np.where, not arithmetic, picks the one-sided cases: the missing side may hold NaN.
+        one_sided = np.where(has_prev[None], v_prev, v_next)
+        filled = np.where(both[None], (1.0 - weight) * v_prev + weight * v_next, one_sided)
+        filled = np.where((has_prev | has_next)[None], filled, np.nan)  # nothing to interpolate from
+        missing = ~np.isfinite(filled) & ~keep[date][None]
+        if missing.any():  # a pixel with nothing to interpolate from: the median of every valid value
+            fallback = _fallback(values, valid)[0] if fallback is None else fallback
+            filled = np.where(missing, fallback, filled)
+        out[date] = np.where(keep[date][None], values[date], filled)
+    return out
 
 
 def mosaic_mean(values: np.ndarray, valid: np.ndarray, days: np.ndarray) -> np.ndarray:

@@ -153,6 +153,52 @@ def test_baselines_by_hand() -> None:
     assert filled[:, 0, 0, 1] == pytest.approx([0.3] * 5)
 
 
+def _linear_by_pixel(
+    values: np.ndarray, valid: np.ndarray, days: np.ndarray, leave_one_out: bool
+) -> np.ndarray:
+    """temporal_linear written out pixel by pixel and date by date: the definition the fast one must keep."""
+    out = np.empty(values.shape, dtype=np.float64)
+    picked = np.moveaxis(values, 1, -1)[valid]
+    fallback = np.median(picked, axis=0) if len(picked) else np.full(values.shape[1], np.nan)
+    for y, x in np.ndindex(valid.shape[1:]):
+        for t in range(len(days)):
+            if valid[t, y, x] and not leave_one_out:
+                out[t, :, y, x] = values[t, :, y, x]
+                continue
+            before = [d for d in range(t) if valid[d, y, x]]
+            after = [d for d in range(t + 1, len(days)) if valid[d, y, x]]
+            if before and after:
+                p, n = before[-1], after[0]
+                span = days[n] - days[p]
+                w = (days[t] - days[p]) / span if span else 0.0
+                out[t, :, y, x] = (1.0 - w) * values[p, :, y, x] + w * values[n, :, y, x]
+            elif before or after:
+                out[t, :, y, x] = values[(before[-1:] or after[:1])[0], :, y, x]
+            else:
+                out[t, :, y, x] = fallback
+    return out.astype(values.dtype)
+
+
+@pytest.mark.parametrize("leave_one_out", [False, True])
+def test_temporal_linear_matches_its_definition(leave_one_out: bool) -> None:
+    # Random small series: values NaN where not valid, repeated days, pixels never valid, float32 and 64.
+    rng = np.random.default_rng(7)
+    for trial in range(40):
+        n, bands = rng.integers(1, 8), rng.integers(1, 4)
+        height, width = rng.integers(1, 5), rng.integers(1, 5)
+        dtype = np.float32 if trial % 2 else np.float64
+        values = rng.random((n, bands, height, width)).astype(dtype)
+        valid = rng.random((n, height, width)) < rng.random()
+        values[np.broadcast_to(~valid[:, None], values.shape)] = np.nan
+        days = np.sort(rng.choice(60, n, replace=False)).astype(np.float64)
+        if n > 2:
+            days[2] = days[1]  # two acquisitions on one day: no division by a zero span
+        got = temporal_linear(values, valid, days, leave_one_out=leave_one_out)
+        want = _linear_by_pixel(values, valid, days, leave_one_out)
+        assert got.dtype == values.dtype
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7, err_msg=f"trial {trial}")
+
+
 def test_oracle_holes_leave_no_painted_pixel_trusted(window: TileArrays) -> None:
     from fit.evaluate import PAINT_MODES
 
