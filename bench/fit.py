@@ -264,12 +264,15 @@ def section_overhead(threads: int) -> None:
         print(f"  {label:48s} {value:8.1f} s  ({value / beside:5.1%} of the work beside the network)")
     print(f"  {'the rest (I/O, windows, losses, bookkeeping)':48s} {beside - sum(seconds.values()):8.1f} s")
     print(f"  {'beside the network, in all':48s} {beside:8.1f} s")
+    on_host = beside - seconds["similar-pixel search (_nearest)"]
+    print(f"  {'the same less the search (on a GPU it runs there)':48s} {on_host:8.1f} s  (fast's "
+          f"host_seconds_per_tile_reference: {FAST.host_seconds_per_tile_reference} s)")  # fmt: skip
     print(f"  {'the small network (forward + backward)':48s} {network:8.1f} s  (not fast's network)")
     flops = tile_flops(FAST)
     for name, tflops in GPU_THROUGHPUT_TFLOPS.items():
         gpu = flops.gpu_seconds(tflops)
         print(f"  fast's network on a GPU at {tflops:.1f} TFLOP/s ({name}, an estimate): {gpu:6.1f} s per "
-              f"tile; the work beside it here is {beside / gpu:.1f}x that")  # fmt: skip
+              f"tile; the host's part here is {on_host / gpu:.1f}x that")  # fmt: skip
 
 
 def section_psnr(device: str, dates: Sequence[tuple[int, int]]) -> None:

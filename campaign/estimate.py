@@ -13,16 +13,24 @@ network itself. Seconds follow from one of two sources, and the output says whic
 
 Presets that stop early (held-out loss) take fewer steps than the schedule: the FLOP figure is their
 upper bound.
+
+A fit also works beside its network, on the host (masks, guide, same-date field, shrinkage, σ): the
+preset's ``host_seconds_per_tile_reference``, one CPU core's seconds measured by ``bench/fit.py
+--sections overhead``, scaled by the tile's samples. A GPU holding one fit waits for that work, so with
+``n`` fits per GPU (``resources.gpus_per_fit = 1/n``) a tile holds a GPU for
+``max(network, (network + host) / n)`` seconds: the GPU-hours below count that, and the estimate says how
+many fits per GPU would keep it busy (if that many fit in its memory, which is not known here).
 """
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from campaign.config import CampaignConfig, ingest_config
+from campaign.config import MAX_FITS_PER_GPU, CampaignConfig, ingest_config
 from campaign.report import HOUR_S
 
 #: Sentinel-2 revisits a point every 5 days with its two satellites (ESA, Sentinel-2 User Handbook,
@@ -58,9 +66,27 @@ class Estimate:
     figures: tuple[CostFigure, ...]
     gpu_hour_price: float | None
     gpus: int | None
+    #: One CPU core's seconds of the fit's work beside the network per tile (None: not measured).
+    host_seconds_per_tile: float | None = None
+    #: Fits sharing one GPU (the campaign's ``resources.gpus_per_fit`` = 1 / this).
+    fits_per_gpu: int = 1
+
+    def held_seconds(self, figure: CostFigure) -> float:
+        """GPU seconds a tile holds: its network's, or its share of (network + host) with the GPU's fits."""
+        if self.host_seconds_per_tile is None:
+            return figure.seconds_per_tile
+        shared = (figure.seconds_per_tile + self.host_seconds_per_tile) / self.fits_per_gpu
+        return max(figure.seconds_per_tile, shared)
+
+    def busy_fits_per_gpu(self, figure: CostFigure) -> int | None:
+        """Fits per GPU (at most the campaign's limit) that hide the host work behind the network's."""
+        if self.host_seconds_per_tile is None:
+            return None
+        need = math.ceil((figure.seconds_per_tile + self.host_seconds_per_tile) / figure.seconds_per_tile)
+        return min(MAX_FITS_PER_GPU, need)
 
     def gpu_hours(self, figure: CostFigure) -> float:
-        return figure.seconds_per_tile * self.tiles / HOUR_S
+        return self.held_seconds(figure) * self.tiles / HOUR_S
 
     def cost(self, figure: CostFigure) -> float | None:
         return None if self.gpu_hour_price is None else self.gpu_hours(figure) * self.gpu_hour_price
@@ -85,6 +111,8 @@ class Estimate:
                     "device": f.device,
                     "from_preset": f.from_preset,
                     "seconds_per_tile": f.seconds_per_tile,
+                    "held_seconds_per_tile": self.held_seconds(f),
+                    "busy_fits_per_gpu": self.busy_fits_per_gpu(f),
                     "gpu_hours": self.gpu_hours(f),
                     "cost": self.cost(f),
                     "wall_hours": self.wall_hours(f),
@@ -94,6 +122,8 @@ class Estimate:
             ],
             "gpu_hour_price": self.gpu_hour_price,
             "gpus": self.gpus,
+            "host_seconds_per_tile": self.host_seconds_per_tile,
+            "fits_per_gpu": self.fits_per_gpu,
         }
 
 
@@ -117,7 +147,7 @@ def estimate_campaign(
     """
     from campaign.driver import plan_campaign
     from fit import PRESETS
-    from fit.cost import GPU_THROUGHPUT_TFLOPS, tile_flops
+    from fit.cost import GPU_THROUGHPUT_TFLOPS, host_seconds, tile_flops
 
     tiles = plan_campaign(config)
     preset = fit_config if fit_config is not None else PRESETS[config.fit.preset]
@@ -162,6 +192,8 @@ def estimate_campaign(
         figures=tuple(figures),
         gpu_hour_price=gpu_hour_price,
         gpus=gpus,
+        host_seconds_per_tile=host_seconds(preset, n_dates=dates, size=size, bands=len(bands)),
+        fits_per_gpu=config.resources.fits_per_gpu,
     )
 
 
@@ -178,11 +210,25 @@ def estimate_lines(estimate: Estimate, config: CampaignConfig) -> list[str]:
         f"--dates-per-tile to override), {estimate.bands} bands; preset {estimate.preset!r}: "
         f"{estimate.tflop_per_tile:,.1f} TFLOP per fit (fit.cost, full schedule)",
     ]
+    host = estimate.host_seconds_per_tile
+    if host is not None:
+        lines.append(
+            f"host work beside the network: {host:,.1f} s of one CPU core per tile (the preset's measured "
+            f"figure, scaled by the tile's samples); {estimate.fits_per_gpu} fit(s) per GPU "
+            "(resources.gpus_per_fit): a GPU waits for it unless other fits share the GPU"
+        )
     for figure in estimate.figures:
         hours = estimate.gpu_hours(figure)
-        line = (
-            f"GPU-hours on {figure.device}: {hours:,.1f} ({figure.seconds_per_tile:,.1f} s per tile, "
-            f"{figure.label}; {estimate.km2 / hours:,.0f} km² per GPU-hour)"
+        held = estimate.held_seconds(figure)
+        per_tile = f"{figure.seconds_per_tile:,.1f} s per tile"
+        if host is not None:
+            per_tile = (
+                f"{figure.seconds_per_tile:,.1f} s of network and {held:,.1f} s held per tile with "
+                f"{estimate.fits_per_gpu} fit(s) per GPU; {estimate.busy_fits_per_gpu(figure)} per GPU "
+                "would keep it busy if their memory fits"
+            )
+        line = f"GPU-hours on {figure.device}: {hours:,.1f} ({per_tile}, {figure.label}; " + (
+            f"{estimate.km2 / hours:,.0f} km² per GPU-hour)"
         )
         cost = estimate.cost(figure)
         if cost is not None:

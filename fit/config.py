@@ -144,6 +144,11 @@ class FitConfig:
     # -- cost, for planning campaigns (``declouder estimate``) --
     seconds_per_tile_reference: float | None = None
     reference_device: str | None = None
+    #: Seconds of ONE CPU core for the fit's work beside the network on a host-reference tile of 30 dates
+    #: × 10 bands × 384×768 px (fit.cost.HOST_REFERENCE_*): masks, guide, same-date field, shrinkage, σ;
+    #: the similar-pixel search left out (on a GPU it runs there). A GPU holding one fit waits that long
+    #: per tile; ``declouder estimate`` prices it with the campaign's fits per GPU. None: not measured.
+    host_seconds_per_tile_reference: float | None = None
 
     def __post_init__(self) -> None:
         depth = len(self.channels_down)
@@ -198,6 +203,9 @@ class FitConfig:
                 self.seconds_per_tile_reference is None
                 or (self.seconds_per_tile_reference > 0 and bool(self.reference_device))
             ),
+            "host_seconds_per_tile_reference > 0 or None": (
+                self.host_seconds_per_tile_reference is None or self.host_seconds_per_tile_reference > 0
+            ),
         }
         broken = [rule for rule, ok in checks.items() if not ok]
         if broken:
@@ -250,6 +258,8 @@ FEATHER_PX = 3
 #: fit.cost.GPU_THROUGHPUT_TFLOPS (17.6 TFLOP/s). Replace them with the seconds per tile that
 #: ``python bench/fit_cost.py --device cuda --sections speed`` measures on the campaign's card.
 ESTIMATED_ON = "H100 (estimate from FLOPs at 17.6 TFLOP/s; not measured)"
+#: ``fast``'s host seconds per host-reference tile (see ``host_seconds_per_tile_reference``).
+HOST_SECONDS_FAST = 70.0
 
 PAPER = FitConfig(name="paper", seconds_per_tile_reference=26_480.0, reference_device=ESTIMATED_ON)
 
@@ -297,6 +307,11 @@ FAST = FitConfig(
     # 215 TFLOP per reference tile (260 steps of 0.775 TFLOP + two inference passes): see ESTIMATED_ON.
     seconds_per_tile_reference=12.2,
     reference_device=ESTIMATED_ON,
+    # Measured (not estimated) with `python bench/fit.py --sections overhead --threads 1` on one core of
+    # the 2-core development CPU, 2026-11-30: the work beside the network less the similar-pixel search
+    # (docs/fit.md "Work beside the network"). Several times the network's estimated GPU seconds: a GPU
+    # holding one fit mostly waits on its host (campaign resources.gpus_per_fit).
+    host_seconds_per_tile_reference=HOST_SECONDS_FAST,
 )
 
 #: The presets by name; ``fast`` is the default everywhere.

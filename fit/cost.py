@@ -27,6 +27,11 @@ REFERENCE_BANDS: tuple[str, ...] = (
     "B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12",
 )  # fmt: skip
 S1_CHANNELS = 2
+#: The tile the fit's host seconds (``FitConfig.host_seconds_per_tile_reference``) are quoted for: the
+#: real sample's 10 bands tiled to 30 dates of 384×768 px (``bench/fit.py --sections overhead``).
+HOST_REFERENCE_DATES = 30
+HOST_REFERENCE_SIZE = (384, 768)
+HOST_REFERENCE_BANDS = 10
 #: The guide's gap channels (days back and forward) where ``guide_gaps`` is on.
 GAP_CHANNELS = 2
 #: The S1-change channels (VV, VH) where ``s1_change`` is on.
@@ -154,3 +159,13 @@ def fits_per_gpu(peak_bytes: int, gpu_bytes: int, reserve: float = GPU_MEMORY_RE
     if peak_bytes <= 0 or gpu_bytes <= 0:
         raise ValueError(f"memory sizes must be positive (peak {peak_bytes} B, GPU {gpu_bytes} B)")
     return max(0, int(gpu_bytes * (1.0 - reserve) // peak_bytes))
+
+
+def host_seconds(config: FitConfig, *, n_dates: int, size: tuple[int, int], bands: int) -> float | None:
+    """One CPU core's seconds of ``config``'s work beside the network on a tile of ``n_dates`` × ``bands``
+    × ``size``: its reference figure scaled by the samples (that work is per sample: interpolation in
+    time, filters, per-sample features). None when the preset carries no measured figure."""
+    if config.host_seconds_per_tile_reference is None:
+        return None
+    reference = HOST_REFERENCE_DATES * HOST_REFERENCE_SIZE[0] * HOST_REFERENCE_SIZE[1] * HOST_REFERENCE_BANDS
+    return config.host_seconds_per_tile_reference * n_dates * size[0] * size[1] * bands / reference

@@ -854,9 +854,14 @@ def _apply_factors(
     guide: np.ndarray, raw: np.ndarray, factors: np.ndarray, regimes: np.ndarray | None
 ) -> np.ndarray:
     """guide + factor × (raw − guide), the factor per band (``factors`` (band,)) or per regime and band."""
-    # per regime: factors[regimes] is (time, y, x, band) -> (time, band, y, x)
-    scale = factors.reshape(1, -1, 1, 1) if regimes is None else np.moveaxis(factors[regimes], -1, 1)
-    return (guide + scale.astype(np.float32) * (raw - guide)).astype(np.float32)
+    per_band = np.asarray(factors).astype(np.float32)
+    if regimes is None:
+        scale = per_band.reshape(1, -1, 1, 1)
+    else:  # each regime's factors where the sample is in it: (time, band, y, x), no float64 gather
+        scale = np.empty(guide.shape, dtype=np.float32)
+        for regime, values in enumerate(per_band):
+            np.copyto(scale, values.reshape(1, -1, 1, 1), where=(regimes == regime)[:, None])
+    return (guide + scale * (raw - guide)).astype(np.float32)
 
 
 def _fit(

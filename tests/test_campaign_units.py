@@ -93,6 +93,40 @@ def test_estimate_scales_a_measured_figure_by_the_tiles_flops(tmp_path: Path) ->
     assert "GPU-hours on NVIDIA H100 SXM" in text and "cost " in text
 
 
+@pytest.mark.parametrize("fits", [1, 4, 16])
+def test_estimate_holds_the_gpu_while_the_host_works(tmp_path: Path, fits: int) -> None:
+    from fit import PRESETS
+    from fit.cost import HOST_REFERENCE_BANDS, HOST_REFERENCE_DATES
+
+    config = _config(
+        tmp_path,
+        grid={"size": [192, 384]},
+        catalog={"items": "items.json", "bands": ["B02", "B03"]},
+        resources={"gpus_per_fit": 1 / fits},
+    )
+    measured = PRESETS["fast"].replace(
+        seconds_per_tile_reference=10.0,
+        reference_device="NVIDIA H100 SXM",
+        host_seconds_per_tile_reference=70.0,
+    )
+    estimate = estimate_campaign(config, fit_config=measured)
+    # per sample: a quarter of the reference's pixels, 2 of its 10 bands, the campaign's dates of its 30
+    host = 70.0 * 0.25 * estimate.dates_per_tile / HOST_REFERENCE_DATES * 2 / HOST_REFERENCE_BANDS
+    assert estimate.host_seconds_per_tile == pytest.approx(host)
+    (figure,) = estimate.figures
+    network = figure.seconds_per_tile
+    assert estimate.held_seconds(figure) == pytest.approx(max(network, (network + host) / fits))
+    assert estimate.gpu_hours(figure) == pytest.approx(estimate.held_seconds(figure) * estimate.tiles / 3600)
+    busy = estimate.busy_fits_per_gpu(figure)
+    assert busy is not None and (busy - 1) * network < network + host <= busy * network
+    text = "\n".join(estimate_lines(estimate, config))
+    assert "host work beside the network" in text and f"with {fits} fit(s) per GPU" in text
+    # A preset without a measured host figure is priced by its network alone, as before.
+    plain = estimate_campaign(config, fit_config=measured.replace(host_seconds_per_tile_reference=None))
+    assert plain.held_seconds(plain.figures[0]) == pytest.approx(network)
+    assert plain.busy_fits_per_gpu(plain.figures[0]) is None
+
+
 def test_estimate_without_a_measurement_gives_the_flops_range(tmp_path: Path) -> None:
     from fit import PRESETS
     from fit.cost import GPU_THROUGHPUT_TFLOPS
