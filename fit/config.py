@@ -259,7 +259,7 @@ FEATHER_PX = 3
 #: ``python bench/fit_cost.py --device cuda --sections speed`` measures on the campaign's card.
 ESTIMATED_ON = "H100 (estimate from FLOPs at 17.6 TFLOP/s; not measured)"
 #: ``fast``'s host seconds per host-reference tile (see ``host_seconds_per_tile_reference``).
-HOST_SECONDS_FAST = 70.0
+HOST_SECONDS_FAST = 68.0
 
 PAPER = FitConfig(name="paper", seconds_per_tile_reference=26_480.0, reference_device=ESTIMATED_ON)
 
