@@ -188,7 +188,9 @@ def guide_series(reflectance: np.ndarray, clear: np.ndarray, days: np.ndarray) -
     guide = temporal_linear(reflectance, clear, days, leave_one_out=True)
     if not np.isfinite(guide).all():
         guide = np.where(np.isfinite(guide), guide, mosaic_mean(reflectance, clear, days))
-    return np.clip(guide, 0.0, 1.0).astype(np.float32)
+    # In place and without a copy when already float32: a full tile's guide is ~350 MB.
+    guide = guide.astype(np.float32, copy=False)
+    return np.clip(guide, 0.0, 1.0, out=guide)
 
 
 def guide_gaps(clear: np.ndarray, days: np.ndarray) -> np.ndarray:
