@@ -88,9 +88,7 @@ def temporal_linear(
     n = values.shape[0]
     prev, nxt = _neighbours(valid, exclude_self=leave_one_out)
     t = np.asarray(days, dtype=np.float64)
-    keep = np.zeros_like(valid) if leave_one_out else valid
-    out = np.empty(values.shape, dtype=values.dtype)
-    fallback: np.ndarray | None = None
+    filled = np.empty(values.shape, dtype=values.dtype)
     # Date by date: the float64 arithmetic of a whole tile at once needs several GB of temporaries and
     # took 5x as long (bench/fit.py --sections overhead); the values are the same to the bit.
     for date in range(n):
@@ -103,14 +101,9 @@ def temporal_linear(
         v_prev, v_next = _take(values, before[None])[0], _take(values, after[None])[0]
         # np.where, not arithmetic, picks the one-sided cases: the missing side may hold NaN.
         one_sided = np.where(has_prev[None], v_prev, v_next)
-        filled = np.where(both[None], (1.0 - weight) * v_prev + weight * v_next, one_sided)
-        filled = np.where((has_prev | has_next)[None], filled, np.nan)  # nothing to interpolate from
-        missing = ~np.isfinite(filled) & ~keep[date][None]
-        if missing.any():  # a pixel with nothing to interpolate from: the median of every valid value
-            fallback = _fallback(values, valid)[0] if fallback is None else fallback
-            filled = np.where(missing, fallback, filled)
-        out[date] = np.where(keep[date][None], values[date], filled)
-    return out
+        line = np.where(both[None], (1.0 - weight) * v_prev + weight * v_next, one_sided)
+        filled[date] = np.where((has_prev | has_next)[None], line, np.nan)  # nothing to interpolate from
+    return _finish(values, np.zeros_like(valid) if leave_one_out else valid, filled, valid)
 
 
 def mosaic_mean(values: np.ndarray, valid: np.ndarray, days: np.ndarray) -> np.ndarray:
