@@ -149,6 +149,12 @@ def section_tile(threads: int) -> None:
         print(f"{name:8s} {seconds:8.2f} s/iter x {iterations} iterations = {per_tile:,.0f} s/tile")
 
 
+def _tile_to(array: np.ndarray, height: int, width: int) -> np.ndarray:
+    """``array`` (..., y, x) repeated over its last two axes and cut to ``height`` × ``width``."""
+    reps = (1,) * (array.ndim - 2) + (-(-height // array.shape[-2]), -(-width // array.shape[-1]))
+    return np.tile(array, reps)[..., :height, :width]
+
+
 def section_field(device: str) -> None:
     """Seconds of one same-date field over a full tile, with :data:`fit.config.FAST`'s similar pixels and
     without (the date's mean): the fit computes two such fields (the held-out check's and the output's).
@@ -164,11 +170,10 @@ def section_field(device: str) -> None:
     sample = TileArrays.from_dataset(open_tile(str(SAMPLE)).load()).dates(0, TILE_DATES)
     _, clear = trusted_clear(sample.reflectance, sample.mask, sample.bands, FAST)
     height, width = PAPER_SHAPE[1:]
-    reps = (1, 1, -(-height // clear.shape[1]), -(-width // clear.shape[2]))
     rng = np.random.default_rng(0)
-    observed = np.tile(np.nan_to_num(sample.reflectance), reps)[..., :height, :width]
+    observed = _tile_to(np.nan_to_num(sample.reflectance), height, width)
     observed = np.clip(observed + rng.normal(0.0, 0.005, observed.shape), 0.0, 1.0).astype(np.float32)
-    visible = np.tile(clear, reps[1:])[:, :height, :width]
+    visible = _tile_to(clear, height, width)
     guide = guide_series(observed, visible, sample.days)
     print(f"\n== the same-date field at a full tile ({observed.shape[0]} dates x {observed.shape[1]} bands x "
           f"{height}x{width} px: the real sample tiled, {visible.mean():.0%} of the samples visible), "
@@ -227,12 +232,12 @@ def section_overhead(threads: int) -> None:
 
     sample = TileArrays.from_dataset(open_tile(str(SAMPLE)).load()).dates(0, TILE_DATES)
     height, width = PAPER_SHAPE[1:]
-    reps = (1, 1, -(-height // sample.reflectance.shape[2]), -(-width // sample.reflectance.shape[3]))
     rng = np.random.default_rng(0)
-    s2 = np.tile(np.nan_to_num(sample.reflectance), reps)[..., :height, :width]
+    s2 = _tile_to(np.nan_to_num(sample.reflectance), height, width)
+    # Floored above 0, which the store reads as no data.
     s2 = np.clip(s2 + rng.normal(0.0, 0.005, s2.shape), 1e-4, 1.0).astype(np.float32)
-    mask = np.tile(sample.mask, reps[1:])[:, :height, :width]
-    s1 = np.tile(sample.s1, reps)[..., :height, :width]
+    mask = _tile_to(sample.mask, height, width)
+    s1 = _tile_to(sample.s1, height, width)
     config = dataclasses.replace(
         FAST,
         passes=1,
